@@ -1,0 +1,76 @@
+"""Command-line options shared by the part scripts; bad values exit 2 with one line."""
+
+import argparse
+import os
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (`prog: error: ...`), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _int_at_least(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {minimum}")
+        return value
+    return parse
+
+
+positive_int = _int_at_least(1)
+non_negative_int = _int_at_least(0)
+
+
+def make_parser(description, epilog=None):
+    """A parser with the options every part shares."""
+    parser = Parser(description=description, epilog=epilog,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="folder with the official CIFAR-10 python version "
+                             "(cifar-10-batches-py/ or cifar-10-python.tar.gz); "
+                             "default: $CIFAR10_DIR, else Keras' download")
+    parser.add_argument("--epochs", type=positive_int, metavar="N",
+                        help="override every experiment's number of epochs")
+    parser.add_argument("--batch-size", type=positive_int, metavar="N",
+                        help="override the batch size")
+    parser.add_argument("--train-limit", type=positive_int, metavar="N",
+                        help="train on the first N training images only (quick runs)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="random seed for weights, shuffling and augmentation "
+                             "(default: %(default)s)")
+    parser.add_argument("--output-dir", metavar="DIR", default=REPO_ROOT,
+                        help="where results/, figures/ and models/ are written "
+                             "(default: the repository)")
+    parser.add_argument("--force", action="store_true",
+                        help="rerun work whose results are already there")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="redraw the figures from results/*.json, train nothing")
+    return parser
+
+
+def output_paths(output_dir):
+    """The results/, figures/ and models/ folders under `output_dir`, created."""
+    paths = {name: os.path.join(output_dir, name)
+             for name in ("results", "figures", "models", "checkpoints")}
+    for path in paths.values():
+        os.makedirs(path, exist_ok=True)
+    return paths
+
+
+def run_main(main, argv=None):
+    """Call `main(argv)`; a ValueError (bad data, bad model file) exits 2 with one line."""
+    try:
+        return main(argv)
+    except ValueError as err:
+        prog = os.path.basename(sys.argv[0])
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2

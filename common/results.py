@@ -1,0 +1,60 @@
+"""Results as data: atomic JSON files and the run metadata stored beside them."""
+
+import json
+import os
+import platform
+import tempfile
+
+
+def write_json(path, obj):
+    """Write `obj` as JSON so that a kill at any moment leaves the old or the new file.
+
+    The text goes to a temporary file in the same folder, is flushed to disk,
+    then renamed over `path` (an atomic replace on POSIX and Windows).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def read_json(path, default=None):
+    """Read a results file; `default` if it does not exist.
+
+    Raises ValueError naming the file when it exists but is not valid JSON.
+    """
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        if default is None:
+            raise ValueError(f"{path}: results file not found") from None
+        return default
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def run_metadata(data_source=None):
+    """Versions and data source, stored with every results file."""
+    import keras
+    import numpy
+    import tensorflow
+
+    meta = {"python": platform.python_version(),
+            "tensorflow": tensorflow.__version__,
+            "keras": keras.__version__,
+            "numpy": numpy.__version__,
+            "keras_backend": keras.backend.backend(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"}
+    if data_source is not None:
+        meta["data_source"] = data_source
+    return meta
