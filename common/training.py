@@ -3,6 +3,7 @@
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -65,3 +66,27 @@ def fit_resumable(model, train, test, *, epochs, batch_size, backup_dir,
     model.fit(*train, validation_data=test, epochs=epochs, batch_size=batch_size,
               shuffle=True, callbacks=callbacks, verbose=verbose)
     return model
+
+
+def one_cycle(peak, total_steps, warmup_fraction=0.23, start=0.2, end=0.07):
+    """Learning rate that rises linearly from `start`*peak to `peak` over the first
+    `warmup_fraction` of the steps, then falls (cosine) to `end`*peak: the
+    one-cycle shape of airbench's triangle, from Keras' own CosineDecay so that
+    it is saved and restored with the optimizer."""
+    warmup = max(1, round(warmup_fraction * total_steps))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=start * peak, decay_steps=max(1, total_steps - warmup),
+        alpha=end, warmup_target=peak, warmup_steps=warmup)
+
+
+def predict_flip_tta(model, images, batch_size=1000):
+    """Mean of the softmax outputs for the images and their mirror images
+    (test-time augmentation; images (N, H, W, C) -> probabilities (N, classes))."""
+    plain = model.predict(images, batch_size=batch_size, verbose=0)
+    mirrored = model.predict(images[:, :, ::-1], batch_size=batch_size, verbose=0)
+    return (plain + mirrored) / 2
+
+
+def accuracy(probabilities, one_hot):
+    """Fraction of rows whose arg-max matches the one-hot label."""
+    return float(np.mean(np.argmax(probabilities, 1) == np.argmax(one_hot, 1)))
