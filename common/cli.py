@@ -30,16 +30,17 @@ positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)
 
 
-def make_parser(description, epilog=None):
-    """A parser with the options every part shares."""
+def make_parser(description, epilog=None, epochs=True):
+    """A parser with the options every part shares (`epochs`: include --epochs)."""
     parser = Parser(description=description, epilog=epilog,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", metavar="DIR",
                         help="folder with the official CIFAR-10 python version "
                              "(cifar-10-batches-py/ or cifar-10-python.tar.gz); "
                              "default: $CIFAR10_DIR, else Keras' download")
-    parser.add_argument("--epochs", type=positive_int, metavar="N",
-                        help="override every experiment's number of epochs")
+    if epochs:
+        parser.add_argument("--epochs", type=positive_int, metavar="N",
+                            help="override every experiment's number of epochs")
     parser.add_argument("--batch-size", type=positive_int, metavar="N",
                         help="override the batch size")
     parser.add_argument("--train-limit", type=positive_int, metavar="N",

@@ -28,8 +28,11 @@ ARCHIVE_NAME = "cifar-10-python.tar.gz"
 ENV_VAR = "CIFAR10_DIR"
 
 # The only globals a CIFAR-10 batch pickle needs: numpy's array reconstructor,
-# ndarray and dtype. numpy 1.x pickles say `numpy.core`, numpy 2.x `numpy._core`.
+# ndarray and dtype (numpy 1.x pickles say `numpy.core`, numpy 2.x `numpy._core`),
+# and `_codecs.encode`, which protocol-2 pickles written by Python 3 use to
+# rebuild bytes from text. None of these can run code.
 _ALLOWED_GLOBALS = {
+    ("_codecs", "encode"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),

@@ -1,5 +1,7 @@
 """Model builders. Each returns an uncompiled Keras model for 32x32x3 inputs in [0, 1]."""
 
+import os
+
 import keras
 import numpy as np
 from keras import layers
@@ -85,33 +87,73 @@ def whitening_kernel(images, size=2, eps=5e-4):
     return kernel, (-mean @ filters).astype(np.float32)
 
 
-def _conv_block(x, width, name):
+@keras.saving.register_keras_serializable(package="cifar_suite")
+class ScaledShift(layers.Layer):
+    """y = x + scale * b, one b per channel.
+
+    The gradient reaching b is scale times that of the shift, and so is each
+    step: the shift moves scale**2 times faster than a plain bias would at the
+    same learning rate. airbench trains batch-norm biases at 64x the learning
+    rate of the weights; Keras optimizers have one rate, so scale = 8 does it.
+    """
+
+    def __init__(self, scale, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def build(self, input_shape):
+        self.b = self.add_weight(shape=(input_shape[-1],), initializer="zeros", name="b")
+
+    def call(self, x):
+        return x + keras.ops.cast(self.scale * self.b, x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+def _norm(x, name, shift_lr_multiplier):
+    """Batch norm without a learned scale (as airbench: the next conv rescales).
+
+    shift_lr_multiplier: None for a standard BatchNormalization (what the model
+    is saved as); a number m splits the shift into a `ScaledShift` of scale
+    sqrt(m) for training, so that it learns m times faster.
+    """
+    # momentum 0.6: running statistics follow the fast-changing weights of a
+    # 10-epoch run (Keras' default 0.99 lags by ~100 steps).
+    if shift_lr_multiplier is None:
+        return layers.BatchNormalization(momentum=0.6, scale=False, name=name)(x)
+    x = layers.BatchNormalization(momentum=0.6, scale=False, center=False, name=name)(x)
+    return ScaledShift(scale=float(np.sqrt(shift_lr_multiplier)), name=f"{name}_shift")(x)
+
+
+def _conv_block(x, width, name, shift_lr_multiplier):
     """conv -> 2x2 max pool -> BN -> GELU -> conv -> BN -> GELU (airbench's ConvGroup)."""
     # Convs have no bias: the batch norm after each supplies the shift.
     x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv1")(x)
     x = layers.MaxPooling2D(name=f"{name}_pool")(x)
-    x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn1")(x)
-    x = layers.Activation("gelu", name=f"{name}_gelu1")(x)
+    x = layers.Activation("gelu", name=f"{name}_gelu1")(_norm(x, f"{name}_bn1", shift_lr_multiplier))
     x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv2")(x)
-    x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn2")(x)
-    return layers.Activation("gelu", name=f"{name}_gelu2")(x)
+    return layers.Activation("gelu", name=f"{name}_gelu2")(_norm(x, f"{name}_bn2", shift_lr_multiplier))
 
 
-def reference_cnn(widths=(64, 256, 256), whitening=None):
+def reference_cnn(widths=(64, 256, 256), whitening=None, shift_lr_multiplier=None):
     """The ~90% reference net for Parts 2 and 3, after airbench94.
 
     A frozen 2x2 whitening conv (3 -> 24 channels), three conv blocks that each
-    halve the resolution (32 -> 16 -> 8 -> 4), 3x3 max pooling, and a bias-free
-    linear head scaled by 1/9 (small logits, as airbench: it trains faster).
+    halve the resolution (32 -> 16 -> 8 -> 4), global max pooling, and a
+    bias-free linear head scaled by 1/9 (small logits, as airbench).
 
     whitening : (kernel, bias) from `whitening_kernel`, or None (trainable, random).
+    shift_lr_multiplier : None, or the training form with faster batch-norm
+        shifts (see `_norm`); `export_reference` turns that into the standard
+        form, which is what Parts 2 and 3 load.
     """
     inputs = keras.Input(IMAGE_SHAPE)
     stem = layers.Conv2D(24, 2, padding="valid", name="whiten",
                          trainable=whitening is None)                  # 31x31x24
     x = layers.Activation("gelu", name="whiten_gelu")(stem(inputs))
     for i, width in enumerate(widths, start=1):
-        x = _conv_block(x, width, f"block{i}")                          # 15, 7, 3
+        x = _conv_block(x, width, f"block{i}", shift_lr_multiplier)              # 15, 7, 3
     x = layers.GlobalMaxPooling2D(name="pool")(x)                       # (width,)
     x = layers.Dense(NUM_CLASSES, use_bias=False, name="head")(x)
     x = layers.Rescaling(1 / 9, name="logit_scale")(x)
@@ -120,6 +162,28 @@ def reference_cnn(widths=(64, 256, 256), whitening=None):
     if whitening is not None:
         stem.set_weights(list(whitening))
     _identity_init(model)
+    return model
+
+
+def export_reference(trained, widths):
+    """The float32, standard-layer form of a `reference_cnn(shift_lr_multiplier=m)`:
+    each BN + ScaledShift pair becomes one BN whose beta is scale * b."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        model = reference_cnn(widths)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        source = trained.get_layer(layer.name)
+        if isinstance(layer, layers.BatchNormalization):
+            shift = trained.get_layer(f"{layer.name}_shift")
+            beta = shift.scale * keras.ops.convert_to_numpy(shift.b)
+            layer.set_weights([beta, *source.get_weights()])  # beta, moving mean, variance
+        else:
+            layer.set_weights(source.get_weights())
     return model
 
 
@@ -133,3 +197,43 @@ def _identity_init(model):
             kernel[:, :, :, :c] = 0.0
             kernel[1, 1, np.arange(c), np.arange(c)] = 1.0
             layer.kernel.assign(kernel)
+
+
+def load_classifier(path, hint=""):
+    """Load a .keras CIFAR-10 classifier with Keras' safe mode on (no arbitrary code).
+
+    Raises ValueError naming the file when it is missing, not a Keras model, or
+    not a classifier of 32x32x3 images into 10 classes. `hint` is appended to
+    the missing-file message (e.g. the command that makes the model).
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: model file not found{hint}")
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a loadable Keras model "
+                         f"({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    if not isinstance(model, keras.Model) or len(model.outputs) != 1 \
+            or tuple(model.input_shape[1:]) != IMAGE_SHAPE \
+            or tuple(model.output_shape[1:]) != (NUM_CLASSES,):
+        raise ValueError(f"{path}: not a CIFAR-10 classifier (input {model.input_shape}, "
+                         f"output {model.output_shape}; expected (None, 32, 32, 3) -> (None, 10))")
+    return model
+
+
+def with_precision(model, policy):
+    """A copy of `model` computing in `policy` (e.g. "mixed_bfloat16"), same weights.
+
+    The output layer keeps its own policy, so that probabilities and the loss
+    stay float32 as mixed-precision training needs.
+    """
+    output_layer = model.layers[-1].name
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name != output_layer and "dtype" in config:
+            config["dtype"] = policy
+        return layer.__class__.from_config(config)
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy

@@ -90,3 +90,39 @@ def predict_flip_tta(model, images, batch_size=1000):
 def accuracy(probabilities, one_hot):
     """Fraction of rows whose arg-max matches the one-hot label."""
     return float(np.mean(np.argmax(probabilities, 1) == np.argmax(one_hot, 1)))
+
+
+def test_accuracy(model, test, batch_size=1000):
+    """Accuracy of `model` on `test` = (images, one-hot labels), no augmentation."""
+    images, one_hot = test
+    return accuracy(model.predict(images, batch_size=batch_size, verbose=0), one_hot)
+
+
+def fine_tune(model, train, test, *, epochs, batch_size=512, peak_learning_rate=0.05,
+              label_smoothing=0.2, max_shift=2 / 32, precision="mixed_bfloat16",
+              seed=0, callbacks=(), verbose=2):
+    """Briefly retrain a compressed model, with the reference model's recipe at a
+    lower learning rate (the weights start close to a good solution).
+
+    Trains a copy computing in `precision` through flip/translate augmentation,
+    then copies the weights back into `model` (whose own policy is unchanged).
+    `callbacks` go to fit (e.g. `pruning.KeepPruned`, which finds the copy's
+    layers by name). Returns the per-epoch records.
+    """
+    from common import models
+    keras.utils.set_random_seed(seed)
+    fast = models.with_precision(model, precision)
+    trainer = keras.Sequential([keras.Input(model.input_shape[1:]),
+                                models.augmentation(max_shift, seed=seed, interpolation="nearest"),
+                                fast])
+    steps = epochs * -(-len(train[0]) // batch_size)
+    trainer.compile(
+        optimizer=keras.optimizers.SGD(one_cycle(peak_learning_rate, steps), momentum=0.85,
+                                       nesterov=True),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=["accuracy"])
+    records = []
+    trainer.fit(*train, validation_data=test, epochs=epochs, batch_size=batch_size,
+                callbacks=[EpochRecorder(records.append), *callbacks], verbose=verbose)
+    model.set_weights(fast.get_weights())
+    return records

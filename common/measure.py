@@ -1,0 +1,105 @@
+"""What a model costs: parameters, FLOPs and forward-pass time, measured side by side."""
+
+import random
+import time
+
+import keras
+import numpy as np
+from keras import layers
+
+
+def _leaf_layers(model):
+    """Every layer, with nested models (e.g. an augmentation Sequential) opened up."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def count_params(model):
+    """Number of weights, trainable or not."""
+    return int(model.count_params())
+
+
+def count_nonzero_params(model):
+    """Number of weights that are not exactly zero (pruned weights do not count)."""
+    return int(sum(np.count_nonzero(keras.ops.convert_to_numpy(w)) for w in model.weights))
+
+
+def count_flops(model):
+    """FLOPs of one forward pass of one image, counting a multiply-add as 2.
+
+    Only Conv2D and Dense layers are counted (everything else is < 1% here):
+    a conv costs out_h * out_w * kh * kw * (c / groups) * f multiply-adds.
+    """
+    macs = 0
+    for layer in _leaf_layers(model):
+        if type(layer) is layers.Conv2D:
+            _, out_h, out_w, f = layer.output.shape
+            kh, kw, c_per_group, _ = layer.kernel.shape
+            macs += out_h * out_w * kh * kw * c_per_group * f
+        elif type(layer) is layers.Dense:
+            macs += int(np.prod(layer.kernel.shape))
+    return int(2 * macs)
+
+
+def inference_function(model):
+    """A compiled function images -> outputs (inference mode), for the active backend."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        return lambda x: fn(x).numpy()
+    if backend == "jax":
+        import jax
+
+        trainable = [v.value for v in model.trainable_variables]
+        frozen = [v.value for v in model.non_trainable_variables]
+        fn = jax.jit(lambda t, f, x: model.stateless_call(t, f, x, training=False)[0])
+        return lambda x: np.asarray(jax.block_until_ready(fn(trainable, frozen, x)))
+    return lambda x: keras.ops.convert_to_numpy(model(x, training=False))
+
+
+def time_forward(models, images, batch_size=256, repeats=5, seed=0):
+    """Seconds for one forward pass over `images`, per model, measured fairly.
+
+    Every model gets a compiled inference function, the same batches and a
+    warm-up pass (not timed). Then `repeats` rounds time each model once per
+    round, in a fresh random order each round, so that drift in the machine's
+    speed (and whichever model happens to run first) does not favour anyone.
+
+    Parameters
+    ----------
+    models : dict name -> keras.Model
+    images : ndarray (N, H, W, C)
+
+    Returns
+    -------
+    dict name -> list of `repeats` wall-clock seconds
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+    functions = {name: inference_function(model) for name, model in models.items()}
+    for fn in functions.values():
+        for batch in batches:  # warm-up: tracing and compilation for each batch shape
+            fn(batch)
+    order = list(functions)
+    rng = random.Random(seed)
+    seconds = {name: [] for name in order}
+    for _ in range(repeats):
+        rng.shuffle(order)
+        for name in order:
+            start = time.perf_counter()
+            for batch in batches:
+                functions[name](batch)  # returns host arrays: the work is done
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def summarize_seconds(seconds):
+    """{"median", "min", "max", "all"} of a list of timings."""
+    return {"median": float(np.median(seconds)), "min": float(min(seconds)),
+            "max": float(max(seconds)), "all": [round(s, 4) for s in seconds]}

@@ -1,0 +1,150 @@
+"""Magnitude pruning of Conv2D and Dense kernels: masks, thresholds, and a callback
+that keeps pruned weights at exactly zero while a model trains.
+
+Biases and batch-norm parameters are never pruned: they are few, and zeroing
+them shifts activations instead of removing connections.
+"""
+
+import contextlib
+import gzip
+import io
+
+import keras
+import numpy as np
+from keras import layers
+
+
+def prunable_layers(model):
+    """Conv2D and Dense layers of `model`, in depth order (nested models opened)."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found += prunable_layers(layer)
+        elif type(layer) in (layers.Conv2D, layers.Dense):
+            found.append(layer)
+    return found
+
+
+def _smallest_first(values):
+    """Indices of `values` (flattened) by |value|, ties broken by position (stable)."""
+    return np.argsort(np.abs(values).ravel(), kind="stable")
+
+
+def magnitude_mask(kernel, rate):
+    """Boolean mask keeping all but the round(rate * size) smallest-|w| weights.
+
+    Exactly round(rate * kernel.size) entries are False; among equal magnitudes
+    the earlier (flattened, C-order) ones are pruned first.
+    """
+    if not 0 <= rate < 1:
+        raise ValueError(f"prune rate must be in [0, 1), got {rate}")
+    kernel = np.asarray(kernel)
+    mask = np.ones(kernel.size, dtype=bool)
+    mask[_smallest_first(kernel)[:round(rate * kernel.size)]] = False
+    return mask.reshape(kernel.shape)
+
+
+def uniform_masks(kernels, rate):
+    """The same prune rate in every layer. kernels: dict name -> array."""
+    return {name: magnitude_mask(kernel, rate) for name, kernel in kernels.items()}
+
+
+def global_masks(kernels, sparsity):
+    """One magnitude threshold across all layers: prune the round(sparsity * total)
+    smallest-|w| weights of all kernels together (ties: earlier layer, then earlier
+    position, first). Layers with small weights lose more than others."""
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    names = list(kernels)
+    flat = np.concatenate([np.asarray(kernels[n]).ravel() for n in names])
+    keep = np.ones(flat.size, dtype=bool)
+    keep[_smallest_first(flat)[:round(sparsity * flat.size)]] = False
+    bounds = np.cumsum([0] + [np.asarray(kernels[n]).size for n in names])
+    return {n: keep[lo:hi].reshape(np.shape(kernels[n]))
+            for n, lo, hi in zip(names, bounds[:-1], bounds[1:])}
+
+
+def kernels_of(model, names=None):
+    """dict layer name -> kernel as a numpy array (a copy), for the prunable layers."""
+    return {layer.name: keras.ops.convert_to_numpy(layer.kernel)
+            for layer in prunable_layers(model) if names is None or layer.name in names}
+
+
+def apply_masks(model, masks):
+    """Zero the masked-out kernel weights of `model` in place.
+
+    masks : dict layer name -> boolean array of the kernel's shape
+    """
+    by_name = {layer.name: layer for layer in prunable_layers(model)}
+    for name, mask in masks.items():
+        kernel = by_name[name].kernel
+        kernel.assign(kernel * keras.ops.cast(mask, kernel.dtype))
+
+
+@contextlib.contextmanager
+def pruned(model, masks):
+    """Within the block, `model` has `masks` applied; afterwards every kernel is
+    restored bit-exactly (the originals are kept, not recomputed)."""
+    saved = kernels_of(model, set(masks))
+    by_name = {layer.name: layer for layer in prunable_layers(model)}
+    try:
+        apply_masks(model, masks)
+        yield model
+    finally:
+        for name, kernel in saved.items():
+            by_name[name].kernel.assign(kernel)
+
+
+class KeepPruned(keras.callbacks.Callback):
+    """Re-apply fixed masks after every training step, so that pruned weights are
+    exactly zero whenever the model is used (the optimizer's momentum would
+    otherwise move them). masks: dict layer name -> boolean array."""
+
+    def __init__(self, masks):
+        super().__init__()
+        self.masks = masks
+
+    def on_train_begin(self, logs=None):
+        apply_masks(self.model, self.masks)
+
+    def on_train_batch_end(self, batch, logs=None):
+        apply_masks(self.model, self.masks)
+
+
+def sparsity(model):
+    """Fraction of the prunable kernels' weights that are exactly zero."""
+    kernels = kernels_of(model)
+    total = sum(k.size for k in kernels.values())
+    return float(sum(np.count_nonzero(k == 0) for k in kernels.values()) / total)
+
+
+def sparse_bytes(model):
+    """Bytes of the model's weights in a simple sparse format, losslessly:
+    per array, a 1-bit-per-weight occupancy mask plus the non-zero float32
+    values, all in one compressed .npz. Dense arrays are stored as they are."""
+    arrays = {}
+    for i, weight in enumerate(model.weights):
+        values = keras.ops.convert_to_numpy(weight)
+        nonzero = values != 0
+        if nonzero.mean() < 0.5:
+            arrays[f"{i}_mask"] = np.packbits(nonzero.ravel())
+            arrays[f"{i}_values"] = values[nonzero]
+        else:
+            arrays[f"{i}_dense"] = values
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getbuffer().nbytes
+
+
+def model_sizes(model, path):
+    """Save `model` (no optimizer) to `path` and measure it on disk three ways.
+
+    Returns dict: keras_bytes (the .keras file), gzip_bytes (that file gzipped;
+    zeros compress), sparse_bytes (see `sparse_bytes`).
+    """
+    model.save(path)
+    raw = open(path, "rb").read()
+    return {"keras_bytes": len(raw),
+            "gzip_bytes": len(gzip.compress(raw, compresslevel=9)),
+            "sparse_bytes": sparse_bytes(model)}
+

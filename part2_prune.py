@@ -1,0 +1,241 @@
+"""Part 2: how much of a ~90% CIFAR-10 CNN can be pruned away, layer by layer and
+as a whole, and what does pruning really save?
+
+As in the study, the smallest-|w| fraction of one layer's kernel is zeroed at a
+time (no retraining) and test accuracy is plotted against the prune rate for
+every Conv2D and Dense layer. Then it answers the study's two drawbacks: one
+global magnitude threshold against the same rate in every layer; fine-tuning
+with fixed masks to win the accuracy back; and the bytes a pruned model takes
+on disk, dense, gzipped and in a sparse format.
+
+    python part2_prune.py                              # everything (~50 min on 2 cores)
+    python part2_prune.py --layers block2_conv1 --rates 0.5 0.9
+    python part2_prune.py --plot-only                  # redraw figures from the JSON
+
+The model is models/reference.keras (made by `python part1_cnn.py --experiments
+reference`, committed); --model takes any .keras CIFAR-10 classifier. Results go
+to results/part2.json as each piece finishes; a rerun skips finished pieces
+unless --force.
+"""
+
+import argparse
+import os
+
+from common import cli
+from common.results import read_json, run_metadata, write_json
+
+# ---- configuration ---------------------------------------------------------
+DEFAULT_MODEL = os.path.join("models", "reference.keras")
+# The study's rates, plus 95% and 99% where deep layers finally break.
+RATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+# Overall sparsities for global vs uniform pruning, and for fine-tuning.
+SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+FINE_TUNE_SPARSITIES = (0.5, 0.8, 0.9, 0.95)
+FINE_TUNE_EPOCHS = 3              # the target: 90% sparse within 1 point in <= 3 epochs
+FINE_TUNE_LEARNING_RATE = 0.05    # one-cycle peak; the reference trained at 0.75
+FINE_TUNE_BATCH_SIZE = 512
+RESULTS_FILE = "part2.json"
+# -----------------------------------------------------------------------------
+
+
+def prune_rate(text):
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rate must be a number in [0, 1), got {text!r}") from None
+    if not 0 <= rate < 1:
+        raise argparse.ArgumentTypeError(f"rate must be in [0, 1), got {text!r}")
+    return rate
+
+
+def parse_args(argv=None):
+    parser = cli.make_parser(__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
+                             epochs=False)
+    parser.add_argument("--model", metavar="PATH",
+                        help=f".keras classifier to prune (default: {DEFAULT_MODEL})")
+    parser.add_argument("--rates", type=prune_rate, nargs="+", metavar="RATE",
+                        default=list(RATES), help="prune rates for the per-layer "
+                        "sensitivity, each in [0, 1) (default: 0, 0.1, ..., 0.9, 0.95, 0.99)")
+    parser.add_argument("--layers", nargs="+", metavar="NAME",
+                        help="layers for the per-layer sensitivity (default: every "
+                             "Conv2D and Dense layer)")
+    parser.add_argument("--fine-tune-epochs", "--epochs", type=cli.non_negative_int,
+                        default=FINE_TUNE_EPOCHS, metavar="N",
+                        help="epochs of fine-tuning with fixed masks; 0 skips it "
+                             "(default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def evaluate(model, test):
+    from common.training import test_accuracy
+    return test_accuracy(model, test)
+
+
+def layer_sensitivity(model, test, names, rates, done, save):
+    """Per layer: test accuracy with only that layer pruned at each rate.
+
+    `done` holds finished layers (skipped when their rates match); `save` is
+    called after each layer, so an interrupted run keeps what it measured.
+    """
+    from common import pruning
+    layers = pruning.prunable_layers(model)
+    for index, layer in enumerate(layers, start=1):
+        if layer.name not in names:
+            continue
+        if done.get(layer.name, {}).get("prune_rates") == list(rates):
+            print(f"{layer.name}: done, skipped")
+            continue
+        kernel = pruning.kernels_of(model, {layer.name})[layer.name]
+        accuracies = []
+        for rate in rates:
+            with pruning.pruned(model, {layer.name: pruning.magnitude_mask(kernel, rate)}):
+                accuracies.append(evaluate(model, test))
+        done[layer.name] = {"index": index, "shape": list(kernel.shape),
+                            "prune_rates": list(rates), "test_accuracy": accuracies}
+        print(f"{index}: {layer.name} {kernel.shape}: " +
+              " ".join(f"{r:g}:{a:.3f}" for r, a in zip(rates, accuracies)))
+        save()
+    return done
+
+
+def masks_at(model, kind, sparsity):
+    from common import pruning
+    kernels = pruning.kernels_of(model)
+    if kind == "global":
+        return pruning.global_masks(kernels, sparsity)
+    return pruning.uniform_masks(kernels, sparsity)
+
+
+def sparsity_curve(model, test, kind, sparsities):
+    """Test accuracy and non-zero weights against overall sparsity, global or uniform."""
+    from common import measure, pruning
+    accuracies, nonzero = [], []
+    for s in sparsities:
+        with pruning.pruned(model, masks_at(model, kind, s)):
+            accuracies.append(evaluate(model, test))
+            nonzero.append(measure.count_nonzero_params(model))
+        print(f"{kind} {s:.2f}: {accuracies[-1]:.4f}")
+    return {"sparsity": list(sparsities), "test_accuracy": accuracies, "nonzero_params": nonzero}
+
+
+def fine_tune_at(model_path, sparsity, train, test, args, models_dir):
+    """Prune a fresh copy globally to `sparsity`, fine-tune with fixed masks,
+    and measure it before and after, with its size on disk."""
+    from common import measure, models, pruning, training
+    model = models.load_classifier(model_path)
+    masks = masks_at(model, "global", sparsity)
+    pruning.apply_masks(model, masks)
+    before = evaluate(model, test)
+    records = training.fine_tune(
+        model, train, test, epochs=args.fine_tune_epochs,
+        batch_size=args.batch_size or FINE_TUNE_BATCH_SIZE,
+        peak_learning_rate=FINE_TUNE_LEARNING_RATE, seed=args.seed,
+        callbacks=[pruning.KeepPruned(masks)])
+    path = os.path.join(models_dir, f"pruned_{round(sparsity * 100)}.keras")
+    row = {"sparsity": sparsity, "measured_sparsity": pruning.sparsity(model),
+           "test_accuracy_before": before, "test_accuracy_after": evaluate(model, test),
+           "epochs": args.fine_tune_epochs, "nonzero_params": measure.count_nonzero_params(model),
+           "records": records, **pruning.model_sizes(model, path)}
+    print(f"global {sparsity:.2f}: {before:.4f} -> {row['test_accuracy_after']:.4f} after "
+          f"{args.fine_tune_epochs} epochs; {row['keras_bytes']:,} B .keras, "
+          f"{row['gzip_bytes']:,} B gzip, {row['sparse_bytes']:,} B sparse")
+    return row
+
+
+def size_summary(results):
+    """Bytes on disk of the dense and each fine-tuned pruned model, and how many
+    times smaller than the dense .keras file each form is."""
+    dense = results["dense_sizes"]["keras_bytes"]
+    rows = [{"sparsity": 0.0, "test_accuracy": results["dense_test_accuracy"],
+             **results["dense_sizes"]}]
+    rows += [{"sparsity": r["sparsity"], "test_accuracy": r["test_accuracy_after"],
+              **{k: r[k] for k in ("keras_bytes", "gzip_bytes", "sparse_bytes")}}
+             for r in results.get("finetune", [])]
+    for row in rows:
+        row["gzip_times_smaller"] = dense / row["gzip_bytes"]
+        row["sparse_times_smaller"] = dense / row["sparse_bytes"]
+    return rows
+
+
+def plot_figures(results, part3_path, figures_dir):
+    from common import plots
+    written = []
+    if results.get("layer_sensitivity"):
+        written.append(plots.plot_layer_sensitivity(
+            results, os.path.join(figures_dir, "part2_layer_sensitivity.png")))
+    if results.get("global") and results.get("uniform"):
+        written.append(plots.plot_global_vs_uniform(
+            results, os.path.join(figures_dir, "part2_global_vs_uniform.png")))
+    if results.get("finetune"):
+        written.append(plots.plot_finetune(results, os.path.join(figures_dir, "part2_finetune.png")))
+    if os.path.exists(part3_path) and results.get("global"):
+        written.append(plots.plot_compression_tradeoff(
+            results, read_json(part3_path), os.path.join(figures_dir, "compression_tradeoff.png")))
+    for path in written:
+        print("wrote", path)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    paths = cli.output_paths(args.output_dir)
+    results_path = os.path.join(paths["results"], RESULTS_FILE)
+    part3_path = os.path.join(paths["results"], "part3.json")
+    if args.plot_only:
+        plot_figures(read_json(results_path), part3_path, paths["figures"])
+        return 0
+
+    from common import measure, models, pruning
+    from common.data import load_cifar10, preprocess
+    model_path = args.model or os.path.join(args.output_dir, DEFAULT_MODEL)
+    model = models.load_classifier(
+        model_path, hint="" if args.model else
+        "; make it with: python part1_cnn.py --experiments reference")
+    names = [layer.name for layer in pruning.prunable_layers(model)]
+    unknown = sorted(set(args.layers or []) - set(names))
+    if unknown:
+        raise ValueError(f"--layers: no Conv2D or Dense layer named {', '.join(unknown)}; "
+                         f"choose from {', '.join(names)}")
+    (x_train, y_train), test, source = load_cifar10(args.data_dir)
+    test = preprocess(*test)
+
+    settings = {"model": os.path.relpath(model_path, args.output_dir),
+                "train_limit": args.train_limit, "seed": args.seed}
+    results = read_json(results_path, default={})
+    if results.get("settings") != settings or args.force:
+        results = {"settings": settings}
+    results["meta"] = run_metadata(source)
+
+    def save():
+        write_json(results_path, results)
+
+    results["dense_test_accuracy"] = evaluate(model, test)
+    results["dense_params"] = measure.count_params(model)
+    results["dense_sizes"] = pruning.model_sizes(model, os.path.join(paths["models"],
+                                                                     "pruned_0.keras"))
+    print(f"dense: {results['dense_test_accuracy']:.4f} test accuracy, "
+          f"{results['dense_params']:,} weights")
+    save()
+    layer_sensitivity(model, test, args.layers or names, args.rates,
+                      results.setdefault("layer_sensitivity", {}), save)
+    for kind in ("global", "uniform"):
+        if results.get(kind, {}).get("sparsity") != list(SPARSITIES):
+            results[kind] = sparsity_curve(model, test, kind, SPARSITIES)
+            save()
+
+    if args.fine_tune_epochs:
+        train = preprocess(x_train[:args.train_limit], y_train[:args.train_limit])
+        done = {row["sparsity"]: row for row in results.get("finetune", [])
+                if row["epochs"] == args.fine_tune_epochs}
+        for sparsity in FINE_TUNE_SPARSITIES:
+            if sparsity not in done:
+                done[sparsity] = fine_tune_at(model_path, sparsity, train, test, args,
+                                              paths["models"])
+                results["finetune"] = [done[s] for s in sorted(done)]
+                results["sizes"] = size_summary(results)
+                save()
+    plot_figures(results, part3_path, paths["figures"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli.run_main(main))

@@ -1,0 +1,124 @@
+"""Part 1 end to end on tiny data: outputs, resuming, --plot-only, CLI errors."""
+
+import json
+import os
+
+import keras
+import pytest
+
+import part1_cnn
+from common import cli
+
+FAST = ["--train-limit", "60", "--batch-size", "30"]
+
+
+def run(argv):
+    return cli.run_main(part1_cnn.main, argv)
+
+
+def test_importing_the_script_runs_nothing(tmp_path):
+    assert not (tmp_path / "results").exists()  # import happened above; nothing written here
+
+
+def test_tiny_run_writes_figure_json_and_model(tiny_cifar, tmp_path):
+    out = str(tmp_path)
+    assert run(["--data-dir", tiny_cifar[0], "--output-dir", out, "--epochs", "1",
+                "--experiments", "baseline", *FAST]) == 0
+    results = json.load(open(tmp_path / "results" / "part1.json"))
+    entry = results["experiments"]["baseline"]
+    assert entry["complete"] and entry["config"]["epochs"] == 1
+    (record,) = entry["epochs"]
+    assert set(record) == {"epoch", "train_accuracy", "train_loss", "test_accuracy",
+                           "test_loss", "seconds"}
+    assert 0 <= record["test_accuracy"] <= 1
+    assert entry["final_test_accuracy"] == record["test_accuracy"]
+    assert {"python", "tensorflow", "keras", "data_source"} <= set(results["meta"])
+    png = (tmp_path / "figures" / "part1_step4_baseline.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    model = keras.saving.load_model(str(tmp_path / "models" / "part1_baseline.keras"))
+    assert model.output_shape == (None, 10)
+
+
+def test_finished_experiment_is_skipped_unless_forced(tiny_cifar, tmp_path, capsys):
+    args = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--epochs", "1",
+            "--experiments", "lr1", *FAST]
+    assert run(args) == 0
+    capsys.readouterr()
+    assert run(args) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert run(args + ["--force"]) == 0
+    assert "skipped" not in capsys.readouterr().out
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_from_last_finished_epoch(tiny_cifar, tmp_path, monkeypatch):
+    args = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--epochs", "3",
+            "--experiments", "maxpool", *FAST]
+    backup_end = keras.callbacks.BackupAndRestore.on_epoch_end
+
+    def die_after_second_epoch(self, epoch, logs=None):
+        backup_end(self, epoch, logs)
+        if epoch == 1:
+            raise Interrupt  # as if killed right after epoch 2 was backed up
+
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", die_after_second_epoch)
+    with pytest.raises(Interrupt):
+        part1_cnn.main(args)
+    first = json.load(open(tmp_path / "results" / "part1.json"))["experiments"]["maxpool"]
+    assert [e["epoch"] for e in first["epochs"]] == [1, 2] and not first["complete"]
+
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", backup_end)
+    begun = []
+    original_begin = keras.callbacks.BackupAndRestore.on_epoch_begin
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_begin",
+                        lambda self, epoch, logs=None: begun.append(epoch)
+                        or original_begin(self, epoch, logs))
+    assert part1_cnn.main(args) == 0
+    second = json.load(open(tmp_path / "results" / "part1.json"))["experiments"]["maxpool"]
+    assert begun == [2]  # only the third epoch was trained again
+    assert [e["epoch"] for e in second["epochs"]] == [1, 2, 3] and second["complete"]
+    assert second["epochs"][:2] == first["epochs"]
+    assert not os.listdir(tmp_path / "checkpoints")  # backup removed once finished
+
+
+def test_plot_only_redraws_without_data(tiny_cifar, tmp_path):
+    out = str(tmp_path)
+    assert run(["--data-dir", tiny_cifar[0], "--output-dir", out, "--epochs", "1",
+                "--experiments", "baseline", "lr0.1", "lr1", *FAST]) == 0
+    figures = tmp_path / "figures"
+    for png in figures.iterdir():
+        png.unlink()
+    # A data folder that does not exist: --plot-only must not need the data.
+    assert run(["--plot-only", "--output-dir", out, "--data-dir", str(tmp_path / "none")]) == 0
+    assert sorted(p.name for p in figures.iterdir()) == [
+        "part1_step4_baseline.png", "part1_step5_learning_rates.png"]
+
+
+def test_plot_only_without_results_exits_2(tmp_path, capsys):
+    assert run(["--plot-only", "--output-dir", str(tmp_path)]) == 2
+    assert "no experiments to plot" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "must be at least 1"),
+    (["--epochs", "two"], "is not an integer"),
+    (["--batch-size", "-3"], "must be at least 1"),
+    (["--train-limit", "1.5"], "is not an integer"),
+    (["--seed", "-1"], "must be at least 0"),
+    (["--experiments", "resnet"], "invalid choice"),
+])
+def test_bad_cli_values_exit_2_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        part1_cnn.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_data_exits_2_with_one_line(tmp_path, capsys):
+    assert run(["--data-dir", str(tmp_path), "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no CIFAR-10 found" in err and len(err.splitlines()) == 1

@@ -1,0 +1,134 @@
+"""Magnitude pruning: exact counts, which weights, restoring, masks through fit."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import part2_prune
+from common import cli, pruning
+from tests.conftest import tiny_classifier
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.25, 0.5, 0.9, 0.99])
+def test_number_of_zeros_is_round_rate_times_size(rate):
+    kernel = np.random.default_rng(0).normal(size=(3, 3, 5, 7))
+    mask = pruning.magnitude_mask(kernel, rate)
+    assert np.count_nonzero(~mask) == round(rate * kernel.size)
+
+
+def test_pruned_weights_are_the_smallest_magnitudes():
+    kernel = np.random.default_rng(1).normal(size=(4, 50))
+    mask = pruning.magnitude_mask(kernel, 0.3)
+    assert np.abs(kernel[~mask]).max() <= np.abs(kernel[mask]).min()
+
+
+def test_ties_are_broken_by_position():
+    kernel = np.array([0.5, -0.1, 0.1, 0.1, 2.0, -0.1])
+    # Four entries tie at |w| = 0.1; pruning 3 takes the first three of them.
+    np.testing.assert_array_equal(pruning.magnitude_mask(kernel, 0.5),
+                                  [True, False, False, False, True, True])
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5])
+def test_rate_outside_unit_interval_is_refused(rate):
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        pruning.magnitude_mask(np.ones(4), rate)
+
+
+def test_global_threshold_on_a_hand_made_example():
+    kernels = {"a": np.array([[0.1, -5.0], [0.3, 0.2]]), "b": np.array([4.0, -0.05, 1.0, 0.25])}
+    masks = pruning.global_masks(kernels, 0.5)  # 8 weights: prune the 4 smallest overall
+    # |w| sorted: 0.05 (b), 0.1 (a), 0.2 (a), 0.25 (b) | 0.3 (a), 1, 4, 5
+    np.testing.assert_array_equal(masks["a"], [[False, True], [True, False]])
+    np.testing.assert_array_equal(masks["b"], [True, False, True, False])
+    uniform = pruning.uniform_masks(kernels, 0.5)
+    assert all(np.count_nonzero(~m) == m.size // 2 for m in uniform.values())
+
+
+def test_pruning_one_layer_leaves_the_rest_and_restores_bit_exactly():
+    model = tiny_classifier()
+    before = {w.path: keras.ops.convert_to_numpy(w).copy() for w in model.weights}
+    kernel = pruning.kernels_of(model, {"conv3"})["conv3"]
+    with pruning.pruned(model, {"conv3": pruning.magnitude_mask(kernel, 0.7)}):
+        for w in model.weights:
+            value = keras.ops.convert_to_numpy(w)
+            if w.path == model.get_layer("conv3").kernel.path:
+                assert np.count_nonzero(value == 0) == round(0.7 * value.size)
+            else:  # other kernels and every bias untouched
+                np.testing.assert_array_equal(value, before[w.path])
+    for w in model.weights:
+        assert keras.ops.convert_to_numpy(w).tobytes() == before[w.path].tobytes()
+
+
+def test_masks_survive_fit():
+    model = tiny_classifier()
+    masks = pruning.global_masks(pruning.kernels_of(model), 0.8)
+    model.compile(keras.optimizers.SGD(0.5, momentum=0.9), "categorical_crossentropy")
+    rng = np.random.default_rng(2)
+    x = rng.uniform(size=(32, 32, 32, 3)).astype("float32")
+    y = np.eye(10, dtype="float32")[rng.integers(0, 10, 32)]
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[pruning.KeepPruned(masks)])
+    kernels = pruning.kernels_of(model)
+    for name, mask in masks.items():
+        assert np.all(kernels[name][~mask] == 0)
+        assert np.any(kernels[name][mask] != 0)
+    assert pruning.sparsity(model) >= 0.8 - 1e-3
+
+
+def test_sparse_format_is_smaller_for_a_sparse_model():
+    model = tiny_classifier()
+    dense = pruning.sparse_bytes(model)
+    pruning.apply_masks(model, pruning.global_masks(pruning.kernels_of(model), 0.9))
+    assert pruning.sparse_bytes(model) < dense / 3
+
+
+# ---- the script --------------------------------------------------------------
+
+def run(argv):
+    return cli.run_main(part2_prune.main, argv)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rates", "1.0"], "rate must be in [0, 1)"),
+    (["--rates", "-0.2"], "rate must be in [0, 1)"),
+    (["--rates", "half"], "rate must be a number"),
+    (["--fine-tune-epochs", "x"], "is not an integer"),
+])
+def test_bad_cli_values_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        part2_prune.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_layer_and_missing_model_exit_2(tmp_path, tiny_model_file, capsys):
+    out = ["--output-dir", str(tmp_path)]
+    assert run(out + ["--model", tiny_model_file, "--layers", "conv9"]) == 2
+    assert "no Conv2D or Dense layer named conv9" in capsys.readouterr().err
+    assert run(out) == 2
+    assert "part1_cnn.py --experiments reference" in capsys.readouterr().err
+
+
+def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(part2_prune, "SPARSITIES", (0.5, 0.9))
+    monkeypatch.setattr(part2_prune, "FINE_TUNE_SPARSITIES", (0.9,))
+    out = str(tmp_path)
+    assert run(["--data-dir", tiny_cifar[0], "--output-dir", out, "--model", tiny_model_file,
+                "--rates", "0", "0.5", "--layers", "conv2", "head", "--fine-tune-epochs", "1",
+                "--train-limit", "40", "--batch-size", "20"]) == 0
+    results = json.load(open(tmp_path / "results" / "part2.json"))
+    assert set(results["layer_sensitivity"]) == {"conv2", "head"}
+    assert results["layer_sensitivity"]["conv2"]["index"] == 2
+    assert results["layer_sensitivity"]["head"]["test_accuracy"][0] == pytest.approx(
+        results["dense_test_accuracy"])
+    assert results["global"]["sparsity"] == [0.5, 0.9]
+    (row,) = results["finetune"]
+    assert row["measured_sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert results["sizes"][1]["sparse_bytes"] < results["sizes"][0]["sparse_bytes"]
+    for name in ("layer_sensitivity", "global_vs_uniform", "finetune"):
+        assert (tmp_path / "figures" / f"part2_{name}.png").read_bytes().startswith(b"\x89PNG")
+    (tmp_path / "figures" / "part2_finetune.png").unlink()
+    assert run(["--plot-only", "--output-dir", out]) == 0
+    assert (tmp_path / "figures" / "part2_finetune.png").exists()
