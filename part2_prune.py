@@ -18,11 +18,10 @@ to results/part2.json as each piece finishes; a rerun skips finished pieces
 unless --force.
 """
 
-import argparse
 import os
 
 from common import cli
-from common.results import read_json, run_metadata, write_json
+from common.results import load_matching, read_json, run_metadata, write_json
 
 # ---- configuration ---------------------------------------------------------
 DEFAULT_MODEL = os.path.join("models", "reference.keras")
@@ -38,22 +37,12 @@ RESULTS_FILE = "part2.json"
 # -----------------------------------------------------------------------------
 
 
-def prune_rate(text):
-    try:
-        rate = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"rate must be a number in [0, 1), got {text!r}") from None
-    if not 0 <= rate < 1:
-        raise argparse.ArgumentTypeError(f"rate must be in [0, 1), got {text!r}")
-    return rate
-
-
 def parse_args(argv=None):
     parser = cli.make_parser(__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                              epochs=False)
     parser.add_argument("--model", metavar="PATH",
                         help=f".keras classifier to prune (default: {DEFAULT_MODEL})")
-    parser.add_argument("--rates", type=prune_rate, nargs="+", metavar="RATE",
+    parser.add_argument("--rates", type=cli.unit_fraction("rate"), nargs="+", metavar="RATE",
                         default=list(RATES), help="prune rates for the per-layer "
                         "sensitivity, each in [0, 1) (default: 0, 0.1, ..., 0.9, 0.95, 0.99)")
     parser.add_argument("--layers", nargs="+", metavar="NAME",
@@ -200,9 +189,7 @@ def main(argv=None):
 
     settings = {"model": os.path.relpath(model_path, args.output_dir),
                 "train_limit": args.train_limit, "seed": args.seed}
-    results = read_json(results_path, default={})
-    if results.get("settings") != settings or args.force:
-        results = {"settings": settings}
+    results = load_matching(results_path, settings, fresh=args.force)
     results["meta"] = run_metadata(source)
 
     def save():

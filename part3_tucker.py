@@ -19,11 +19,10 @@ to results/part3.json after each k; a k already there with the same settings is
 skipped unless --force.
 """
 
-import argparse
 import os
 
 from common import cli
-from common.results import read_json, run_metadata, write_json
+from common.results import load_matching, read_json, run_metadata, write_json
 
 # ---- configuration ---------------------------------------------------------
 DEFAULT_MODEL = os.path.join("models", "reference.keras")
@@ -39,20 +38,10 @@ RESULTS_FILE = "part3.json"
 # -----------------------------------------------------------------------------
 
 
-def k_value(text):
-    try:
-        k = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"k must be an integer in 1..8, got {text!r}") from None
-    if not 1 <= k <= 8:
-        raise argparse.ArgumentTypeError(f"k must be an integer in 1..8, got {text!r}")
-    return k
-
-
 def parse_args(argv=None):
     parser = cli.make_parser(__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                              epochs=False)
-    parser.add_argument("--k", type=k_value, nargs="+", metavar="K",
+    parser.add_argument("--k", type=cli.int_in_range("k", 1, 8), nargs="+", metavar="K",
                         help="rank fraction(s) k/8 to run, integers 1..8 (default: 1..8)")
     parser.add_argument("--model", default=None, metavar="PATH",
                         help=f".keras classifier to decompose (default: {DEFAULT_MODEL})")
@@ -68,6 +57,8 @@ def parse_args(argv=None):
 
 def reconstruction_curves(model, layer_name=None):
     """Relative error of one conv's Tucker-2 approximation, one rank fixed at 64."""
+    import keras
+
     from common.tucker import decomposable_convs, relative_error
     convs = [model.get_layer(n) for n in decomposable_convs(model)]
     if layer_name is None:
@@ -82,7 +73,7 @@ def reconstruction_curves(model, layer_name=None):
             raise ValueError(f"--layer {layer_name!r}: no such decomposable conv; "
                              f"choose from {', '.join(c.name for c in convs)}")
         conv = matches[0]
-    kernel = conv.kernel.numpy() if hasattr(conv.kernel, "numpy") else conv.kernel
+    kernel = keras.ops.convert_to_numpy(conv.kernel)
     c, f = kernel.shape[2:]
     fixed = min(FIXED_RANK, c, f)
     r2s = [r for r in RANK_GRID if r <= f]
@@ -132,12 +123,9 @@ def main(argv=None):
     train = preprocess(x_train[:args.train_limit], y_train[:args.train_limit]) \
         if args.fine_tune else None
 
-    # Rows of results/part3.json are reused only if made from the same model and data.
     settings = {"model": os.path.relpath(model_path, args.output_dir),
                 "train_limit": args.train_limit, "seed": args.seed}
-    results = read_json(results_path, default={})
-    if results.get("settings") != settings or args.force:
-        results = {"settings": settings}
+    results = load_matching(results_path, settings, fresh=args.force)
     results["meta"] = run_metadata(source)
     if args.layer is None:
         reconstruction = reconstruction_curves(original)

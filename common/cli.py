@@ -30,6 +30,34 @@ positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)
 
 
+def int_in_range(name, low, high):
+    """argparse type: an integer in low..high, e.g. `k`."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be an integer in {low}..{high}, got {text!r}")
+        return value
+    return parse
+
+
+def unit_fraction(name):
+    """argparse type: a number in [0, 1), e.g. a prune rate."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a number in [0, 1), got {text!r}") from None
+        if not 0 <= value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be in [0, 1), got {text!r}")
+        return value
+    return parse
+
+
 def make_parser(description, epilog=None, epochs=True):
     """A parser with the options every part shares (`epochs`: include --epochs)."""
     parser = Parser(description=description, epilog=epilog,

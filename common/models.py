@@ -26,17 +26,18 @@ def plain_cnn():
     ], name="plain_cnn")
 
 
-def augmentation(max_shift=0.125, seed=0, interpolation="bilinear"):
+def augmentation(max_shift=0.125, seed=0, interpolation="bilinear", dtype=None):
     """Random horizontal flip and shifts of up to `max_shift` of the image size
     (0.125 = 4 pixels), with reflected borders.
 
     Keras preprocessing layers run inside the model and only while training,
     so a model that contains them classifies un-augmented images unchanged.
+    dtype: e.g. "float32" to keep pixels exact under a mixed-precision policy.
     """
     return keras.Sequential([
-        layers.RandomFlip("horizontal", seed=seed),
+        layers.RandomFlip("horizontal", seed=seed, dtype=dtype),
         layers.RandomTranslation(max_shift, max_shift, fill_mode="reflect",
-                                 interpolation=interpolation, seed=seed + 1),
+                                 interpolation=interpolation, seed=seed + 1, dtype=dtype),
     ], name="augmentation")
 
 
@@ -119,10 +120,13 @@ def _norm(x, name, shift_lr_multiplier):
     sqrt(m) for training, so that it learns m times faster.
     """
     # momentum 0.6: running statistics follow the fast-changing weights of a
-    # 10-epoch run (Keras' default 0.99 lags by ~100 steps).
+    # 10-epoch run (Keras' default 0.99 lags by ~100 steps). epsilon 1e-5, not
+    # Keras' 1e-3: weight decay shrinks the bias-free convs until their output
+    # variance is ~1e-3, where a large epsilon would stop normalising.
+    norm = dict(momentum=0.6, epsilon=1e-5, scale=False, name=name)
     if shift_lr_multiplier is None:
-        return layers.BatchNormalization(momentum=0.6, scale=False, name=name)(x)
-    x = layers.BatchNormalization(momentum=0.6, scale=False, center=False, name=name)(x)
+        return layers.BatchNormalization(**norm)(x)
+    x = layers.BatchNormalization(center=False, **norm)(x)
     return ScaledShift(scale=float(np.sqrt(shift_lr_multiplier)), name=f"{name}_shift")(x)
 
 
@@ -149,9 +153,12 @@ def reference_cnn(widths=(64, 256, 256), whitening=None, shift_lr_multiplier=Non
         form, which is what Parts 2 and 3 load.
     """
     inputs = keras.Input(IMAGE_SHAPE)
-    stem = layers.Conv2D(24, 2, padding="valid", name="whiten",
+    # float32 even under a bf16 policy: whitening multiplies the faint
+    # high-frequency patch components by up to ~100, and bf16's 8-bit mantissa
+    # would turn them into noise (17% of the signal, measured).
+    stem = layers.Conv2D(24, 2, padding="valid", name="whiten", dtype="float32",
                          trainable=whitening is None)                  # 31x31x24
-    x = layers.Activation("gelu", name="whiten_gelu")(stem(inputs))
+    x = layers.Activation("gelu", name="whiten_gelu", dtype="float32")(stem(inputs))
     for i, width in enumerate(widths, start=1):
         x = _conv_block(x, width, f"block{i}", shift_lr_multiplier)              # 15, 7, 3
     x = layers.GlobalMaxPooling2D(name="pool")(x)                       # (width,)
@@ -170,8 +177,8 @@ def export_reference(trained, widths):
     each BN + ScaledShift pair becomes one BN whose beta is scale * b."""
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
-    try:
-        model = reference_cnn(widths)
+    try:  # passing the whitening weights keeps that layer frozen, as in training
+        model = reference_cnn(widths, whitening=trained.get_layer("whiten").get_weights())
     finally:
         keras.mixed_precision.set_global_policy(policy)
     for layer in model.layers:
@@ -224,14 +231,19 @@ def load_classifier(path, hint=""):
 def with_precision(model, policy):
     """A copy of `model` computing in `policy` (e.g. "mixed_bfloat16"), same weights.
 
-    The output layer keeps its own policy, so that probabilities and the loss
-    stay float32 as mixed-precision training needs.
+    Two ends stay float32: the input stem up to and including the first conv
+    (raw pixels and, in the reference net, the whitening filters that amplify
+    faint components; see `reference_cnn`) and the output layer, so that the
+    probabilities and the loss keep float32 precision.
     """
-    output_layer = model.layers[-1].name
+    names = [layer.name for layer in model.layers]
+    first_conv = next((i for i, layer in enumerate(model.layers)
+                       if isinstance(layer, layers.Conv2D)), -1)
+    keep = set(names[:first_conv + 1]) | {names[-1]}
 
     def clone(layer):
         config = layer.get_config()
-        if layer.name != output_layer and "dtype" in config:
+        if layer.name not in keep and "dtype" in config:
             config["dtype"] = policy
         return layer.__class__.from_config(config)
     copy = keras.models.clone_model(model, clone_function=clone)

@@ -4,6 +4,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; works without a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 CHANCE = 0.1  # ten balanced classes
 
@@ -35,6 +36,7 @@ def _training_curves(runs, title, path, log_loss=False):
     if log_loss:
         loss_ax.set_yscale("log")
     for ax in (acc_ax, loss_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)

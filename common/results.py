@@ -58,3 +58,14 @@ def run_metadata(data_source=None):
     if data_source is not None:
         meta["data_source"] = data_source
     return meta
+
+
+def load_matching(path, settings, fresh=False):
+    """The results at `path` if they were made with the same `settings` (a dict
+    such as the model file, data limit and seed) and `fresh` is false; otherwise
+    a new results dict holding just `settings`. Lets a rerun keep finished work
+    and never mix numbers from different models or data."""
+    results = read_json(path, default={})
+    if results.get("settings") != settings or fresh:
+        results = {"settings": settings}
+    return results

@@ -113,7 +113,8 @@ def fine_tune(model, train, test, *, epochs, batch_size=512, peak_learning_rate=
     keras.utils.set_random_seed(seed)
     fast = models.with_precision(model, precision)
     trainer = keras.Sequential([keras.Input(model.input_shape[1:]),
-                                models.augmentation(max_shift, seed=seed, interpolation="nearest"),
+                                models.augmentation(max_shift, seed=seed, interpolation="nearest",
+                                                    dtype="float32"),
                                 fast])
     steps = epochs * -(-len(train[0]) // batch_size)
     trainer.compile(

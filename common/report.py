@@ -1,0 +1,111 @@
+"""Markdown tables of the committed results, beside the study's numbers.
+
+    python -m common.report            # prints every table whose results exist
+
+The README's tables are this output, so every number there comes from
+results/*.json or models/reference.json.
+"""
+
+import os
+
+from common.cli import REPO_ROOT
+from common.results import read_json
+
+
+def _pct(value):
+    return "—" if value is None else f"{100 * value:.2f}%"
+
+
+def part1_table(part1):
+    """Final, epoch-10 and best test accuracy of each Part 1 experiment, with the study's."""
+    study = {"baseline": "~59%, saturates after ~15 epochs", "lr0.1": "fails to train",
+             "lr1": "fails to train", "maxpool": ">60% by epoch 10, ends above baseline",
+             "augment": "~68% after 50 epochs, still rising"}
+    rows = ["| experiment | epochs | test acc. epoch 10 | final test acc. | best | minutes | study |",
+            "|---|---|---|---|---|---|---|"]
+    for name, entry in part1["experiments"].items():
+        if name == "reference" or not entry.get("complete"):
+            continue
+        epochs = entry["epochs"]
+        at10 = next((e["test_accuracy"] for e in epochs if e["epoch"] == 10), None)
+        rows.append(f"| `{name}` | {len(epochs)} | {_pct(at10)} | {_pct(entry['final_test_accuracy'])} "
+                    f"| {_pct(max(e['test_accuracy'] for e in epochs))} "
+                    f"| {sum(e['seconds'] for e in epochs) / 60:.1f} | {study.get(name, '')} |")
+    return "\n".join(rows)
+
+
+def augment_trend(part1):
+    """Step 7's 'still rising' check: best of the last 10 epochs vs the 10 before."""
+    epochs = part1["experiments"]["augment"]["epochs"]
+    acc = [e["test_accuracy"] for e in epochs]
+    return (f"`augment`: best test accuracy of epochs {len(acc) - 9}–{len(acc)}: "
+            f"{_pct(max(acc[-10:]))}; of epochs {len(acc) - 19}–{len(acc) - 10}: "
+            f"{_pct(max(acc[-20:-10]))}.")
+
+
+def reference_table(info):
+    rows = ["| | test accuracy | with flip TTA | training time | data |", "|---|---|---|---|---|"]
+    rows.append(f"| reference (this suite) | {_pct(info['test_accuracy'])} "
+                f"| {_pct(info['test_accuracy_flip_tta'])} | {info['training_seconds'] / 60:.1f} min "
+                f"({info['machine']}) | {info['data_source'].split('(')[-1].rstrip(')')} |")
+    rows.append("| the study's original model | ~90% | | | CIFAR-10 |")
+    return "\n".join(rows)
+
+
+def part3_table(part3):
+    """Accuracy, size and speed of each k against the original, with the study's k = 4."""
+    original = part3["original"]
+    rows = ["| k | ranks (first layer) | test acc. | after fine-tune | params | FLOPs ratio "
+            "| time ratio (median) | time min–max (s) |",
+            "|---|---|---|---|---|---|---|---|"]
+    rows.append(f"| original | | {_pct(original['test_accuracy'])} | | {original['params']:,} | 1 | 1 "
+                f"| {original['forward_seconds']['min']:.2f}–{original['forward_seconds']['max']:.2f} |")
+    for row in part3["sweep"]:
+        first = next(iter(row["ranks"].values()))
+        time = row.get("forward_seconds")
+        rows.append(
+            f"| {row['k']} | {first[0]}, {first[1]} | {_pct(row['test_accuracy'])} "
+            f"| {_pct(row.get('fine_tuned_test_accuracy'))} | {row['params']:,} "
+            f"| {row['flops_ratio']:.3f} | {row.get('time_ratio', float('nan')):.3f} "
+            f"| {time['min']:.2f}–{time['max']:.2f} |" if time else "| — |")
+    rows.append("| study, k = 4 | | 88.02% (original ~90%) | | | | 0.77 | |")
+    return "\n".join(rows)
+
+
+def part2_tables(part2):
+    """Fine-tuning and size results of Part 2."""
+    out = []
+    if part2.get("finetune"):
+        out += ["| sparsity (global) | pruned | + fine-tuned | .keras | gzip | sparse format "
+                "| sparse × smaller |", "|---|---|---|---|---|---|---|"]
+        dense = part2["dense_sizes"]
+        out.append(f"| 0 (dense) | {_pct(part2['dense_test_accuracy'])} | | "
+                   f"{dense['keras_bytes'] / 1e6:.2f} MB | {dense['gzip_bytes'] / 1e6:.2f} MB "
+                   f"| {dense['sparse_bytes'] / 1e6:.2f} MB | {dense['keras_bytes'] / dense['sparse_bytes']:.1f} |")
+        for row in part2["finetune"]:
+            out.append(f"| {100 * row['sparsity']:.0f}% | {_pct(row['test_accuracy_before'])} "
+                       f"| {_pct(row['test_accuracy_after'])} | {row['keras_bytes'] / 1e6:.2f} MB "
+                       f"| {row['gzip_bytes'] / 1e6:.2f} MB | {row['sparse_bytes'] / 1e6:.2f} MB "
+                       f"| {dense['keras_bytes'] / row['sparse_bytes']:.1f} |")
+    return "\n".join(out)
+
+
+def main():
+    paths = {name: os.path.join(REPO_ROOT, "results", f"{name}.json")
+             for name in ("part1", "part2", "part3")}
+    reference = os.path.join(REPO_ROOT, "models", "reference.json")
+    if os.path.exists(paths["part1"]):
+        part1 = read_json(paths["part1"])
+        print(part1_table(part1), "", sep="\n")
+        if part1["experiments"].get("augment", {}).get("complete"):
+            print(augment_trend(part1), "", sep="\n")
+    if os.path.exists(reference):
+        print(reference_table(read_json(reference)), "", sep="\n")
+    if os.path.exists(paths["part3"]) and read_json(paths["part3"]).get("sweep"):
+        print(part3_table(read_json(paths["part3"])), "", sep="\n")
+    if os.path.exists(paths["part2"]):
+        print(part2_tables(read_json(paths["part2"])))
+
+
+if __name__ == "__main__":
+    main()
