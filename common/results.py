@@ -21,6 +21,9 @@ def write_json(path, obj):
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are for everyone
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

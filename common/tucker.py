@@ -14,6 +14,7 @@ the reconstructed kernel, for any padding.
 """
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -52,9 +53,14 @@ def decompose_kernel(kernel, ranks):
     c, f = kernel.shape[2:]
     if not (1 <= r1 <= c and 1 <= r2 <= f):
         raise ValueError(f"ranks {tuple(ranks)} outside 1..{c} and 1..{f} for kernel {kernel.shape}")
-    # init="svd": HOSVD start, then HOOI iterations; deterministic.
-    (core, (u_in, u_out)), _ = partial_tucker(kernel, rank=[r1, r2], modes=list(CHANNEL_MODES),
-                                              init="svd", tol=1e-6, n_iter_max=200)
+    # init="svd": HOSVD start, then HOOI iterations; deterministic. A rank above
+    # what the other modes allow (R1 > kh*kw*R2) is lowered by tensorly, which
+    # warns; the core's shape then tells the ranks actually used.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Trying to compute SVD with n_eigenvecs")
+        (core, (u_in, u_out)), _ = partial_tucker(
+            kernel, rank=[r1, r2], modes=list(CHANNEL_MODES), init="svd", tol=1e-6,
+            n_iter_max=200)
     return np.asarray(u_in), np.asarray(core), np.asarray(u_out).T
 
 

@@ -122,3 +122,14 @@ def test_bad_data_exits_2_with_one_line(tmp_path, capsys):
     assert run(["--data-dir", str(tmp_path), "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "no CIFAR-10 found" in err and len(err.splitlines()) == 1
+
+
+def test_same_seed_gives_the_same_numbers(tiny_cifar, tmp_path):
+    def losses(seed):
+        out = tmp_path / f"seed{seed}-{len(list(tmp_path.iterdir()))}"
+        assert run(["--data-dir", tiny_cifar[0], "--output-dir", str(out), "--epochs", "2",
+                    "--experiments", "maxpool", "--seed", str(seed), *FAST]) == 0
+        epochs = json.load(open(out / "results" / "part1.json"))["experiments"]["maxpool"]["epochs"]
+        return [(e["train_loss"], e["test_loss"]) for e in epochs]
+    assert losses(0) == losses(0)
+    assert losses(0) != losses(1)
