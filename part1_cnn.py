@@ -19,6 +19,8 @@ finished experiments are skipped unless --force.
 import os
 import shutil
 
+# TensorFlow is imported inside the functions that need it, so that --help and
+# --plot-only answer at once.
 from common import cli
 from common.results import read_json, run_metadata, write_json
 
@@ -64,7 +66,7 @@ REFERENCE = {
     # and on GPUs; pixels and the whitening layer stay float32, and so does the
     # saved model.
     "precision": "mixed_bfloat16",
-    "batchnorm_epsilon": 1e-5,
+    "batchnorm_epsilon": 1e-5,  # not Keras' 1e-3; see models.reference_cnn
 }
 EXPERIMENTS["reference"] = REFERENCE
 RESULTS_FILE = "part1.json"
@@ -116,7 +118,8 @@ def build_reference(config, train_images):
     # Whitening statistics from 5000 images: enough for a 12x12 covariance.
     classifier = models.reference_cnn(
         config["widths"], whitening=models.whitening_kernel(train_images[:5000]),
-        shift_lr_multiplier=config["bn_shift_lr_multiplier"])
+        shift_lr_multiplier=config["bn_shift_lr_multiplier"],
+        bn_epsilon=config["batchnorm_epsilon"])
     trainer = keras.Sequential([
         keras.Input(classifier.input_shape[1:]),
         models.augmentation(config["max_shift"], seed=config["seed"], interpolation="nearest",

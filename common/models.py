@@ -112,7 +112,7 @@ class ScaledShift(layers.Layer):
         return {**super().get_config(), "scale": self.scale}
 
 
-def _norm(x, name, shift_lr_multiplier):
+def _norm(x, name, shift_lr_multiplier, epsilon):
     """Batch norm without a learned scale (as airbench: the next conv rescales).
 
     shift_lr_multiplier: None for a standard BatchNormalization (what the model
@@ -120,27 +120,28 @@ def _norm(x, name, shift_lr_multiplier):
     sqrt(m) for training, so that it learns m times faster.
     """
     # momentum 0.6: running statistics follow the fast-changing weights of a
-    # 10-epoch run (Keras' default 0.99 lags by ~100 steps). epsilon 1e-5, not
-    # Keras' 1e-3: weight decay shrinks the bias-free convs until their output
-    # variance is ~1e-3, where a large epsilon would stop normalising.
-    norm = dict(momentum=0.6, epsilon=1e-5, scale=False, name=name)
+    # 10-epoch run (Keras' default 0.99 lags by ~100 steps).
+    norm = dict(momentum=0.6, epsilon=epsilon, scale=False, name=name)
     if shift_lr_multiplier is None:
         return layers.BatchNormalization(**norm)(x)
     x = layers.BatchNormalization(center=False, **norm)(x)
     return ScaledShift(scale=float(np.sqrt(shift_lr_multiplier)), name=f"{name}_shift")(x)
 
 
-def _conv_block(x, width, name, shift_lr_multiplier):
+def _conv_block(x, width, name, shift_lr_multiplier, epsilon):
     """conv -> 2x2 max pool -> BN -> GELU -> conv -> BN -> GELU (airbench's ConvGroup)."""
     # Convs have no bias: the batch norm after each supplies the shift.
     x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv1")(x)
     x = layers.MaxPooling2D(name=f"{name}_pool")(x)
-    x = layers.Activation("gelu", name=f"{name}_gelu1")(_norm(x, f"{name}_bn1", shift_lr_multiplier))
+    x = _norm(x, f"{name}_bn1", shift_lr_multiplier, epsilon)
+    x = layers.Activation("gelu", name=f"{name}_gelu1")(x)
     x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv2")(x)
-    return layers.Activation("gelu", name=f"{name}_gelu2")(_norm(x, f"{name}_bn2", shift_lr_multiplier))
+    x = _norm(x, f"{name}_bn2", shift_lr_multiplier, epsilon)
+    return layers.Activation("gelu", name=f"{name}_gelu2")(x)
 
 
-def reference_cnn(widths=(64, 256, 256), whitening=None, shift_lr_multiplier=None):
+def reference_cnn(widths=(64, 256, 256), whitening=None, shift_lr_multiplier=None,
+                  bn_epsilon=1e-5):
     """The ~90% reference net for Parts 2 and 3, after airbench94.
 
     A frozen 2x2 whitening conv (3 -> 24 channels), three conv blocks that each
@@ -151,6 +152,9 @@ def reference_cnn(widths=(64, 256, 256), whitening=None, shift_lr_multiplier=Non
     shift_lr_multiplier : None, or the training form with faster batch-norm
         shifts (see `_norm`); `export_reference` turns that into the standard
         form, which is what Parts 2 and 3 load.
+    bn_epsilon : 1e-5, not Keras' 1e-3: weight decay shrinks the bias-free convs
+        until their output variance is ~1e-3 (measured), where a large epsilon
+        would stop normalising.
     """
     inputs = keras.Input(IMAGE_SHAPE)
     # float32 even under a bf16 policy: whitening multiplies the faint
@@ -160,7 +164,7 @@ def reference_cnn(widths=(64, 256, 256), whitening=None, shift_lr_multiplier=Non
                          trainable=whitening is None)                  # 31x31x24
     x = layers.Activation("gelu", name="whiten_gelu", dtype="float32")(stem(inputs))
     for i, width in enumerate(widths, start=1):
-        x = _conv_block(x, width, f"block{i}", shift_lr_multiplier)              # 15, 7, 3
+        x = _conv_block(x, width, f"block{i}", shift_lr_multiplier, bn_epsilon)  # 15, 7, 3
     x = layers.GlobalMaxPooling2D(name="pool")(x)                       # (width,)
     x = layers.Dense(NUM_CLASSES, use_bias=False, name="head")(x)
     x = layers.Rescaling(1 / 9, name="logit_scale")(x)
@@ -178,7 +182,8 @@ def export_reference(trained, widths):
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:  # passing the whitening weights keeps that layer frozen, as in training
-        model = reference_cnn(widths, whitening=trained.get_layer("whiten").get_weights())
+        model = reference_cnn(widths, whitening=trained.get_layer("whiten").get_weights(),
+                              bn_epsilon=trained.get_layer("block1_bn1").epsilon)
     finally:
         keras.mixed_precision.set_global_policy(policy)
     for layer in model.layers:
