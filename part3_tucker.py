@@ -22,7 +22,7 @@ skipped unless --force.
 import os
 
 from common import cli
-from common.results import load_matching, read_json, run_metadata, write_json
+from common.results import file_digest, load_matching, read_json, run_metadata, write_json
 
 # ---- configuration ---------------------------------------------------------
 DEFAULT_MODEL = os.path.join("models", "reference.keras")
@@ -124,6 +124,7 @@ def main(argv=None):
         if args.fine_tune else None
 
     settings = {"model": os.path.relpath(model_path, args.output_dir),
+                "model_sha256": file_digest(model_path),
                 "train_limit": args.train_limit, "seed": args.seed}
     results = load_matching(results_path, settings, fresh=args.force)
     results["meta"] = run_metadata(source)

@@ -1,5 +1,6 @@
 """Results as data: atomic JSON files and the run metadata stored beside them."""
 
+import hashlib
 import json
 import os
 import platform
@@ -72,3 +73,9 @@ def load_matching(path, settings, fresh=False):
     if results.get("settings") != settings or fresh:
         results = {"settings": settings}
     return results
+
+
+def file_digest(path):
+    """SHA-256 of a file: names the exact model a results file was made from."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
