@@ -158,8 +158,14 @@ def plot_figures(results, part3_path, figures_dir):
     if results.get("finetune"):
         written.append(plots.plot_finetune(results, os.path.join(figures_dir, "part2_finetune.png")))
     if os.path.exists(part3_path) and results.get("global"):
-        written.append(plots.plot_compression_tradeoff(
-            results, read_json(part3_path), os.path.join(figures_dir, "compression_tradeoff.png")))
+        part3 = read_json(part3_path)
+        # Pruning and Tucker are compared on one model only.
+        if part3.get("settings", {}).get("model_sha256") == results["settings"]["model_sha256"]:
+            written.append(plots.plot_compression_tradeoff(
+                results, part3, os.path.join(figures_dir, "compression_tradeoff.png")))
+        else:
+            print(f"compression_tradeoff.png not drawn: {part3_path} was measured on another "
+                  f"model; run part3_tucker.py on {results['settings']['model']}")
     for path in written:
         print("wrote", path)
 

@@ -26,10 +26,12 @@ def plain_cnn():
     ], name="plain_cnn")
 
 
-def augmentation(max_shift=0.125, seed=0, interpolation="bilinear", dtype=None):
+def augmentation(max_shift=0.125, seed=0, dtype=None):
     """Random horizontal flip and shifts of up to `max_shift` of the image size
     (0.125 = 4 pixels), with reflected borders.
 
+    Shifts are rounded to whole pixels (nearest-neighbour): bilinear resampling
+    would blur the training images, which the test images never are.
     Keras preprocessing layers run inside the model and only while training,
     so a model that contains them classifies un-augmented images unchanged.
     dtype: e.g. "float32" to keep pixels exact under a mixed-precision policy.
@@ -37,11 +39,11 @@ def augmentation(max_shift=0.125, seed=0, interpolation="bilinear", dtype=None):
     return keras.Sequential([
         layers.RandomFlip("horizontal", seed=seed, dtype=dtype),
         layers.RandomTranslation(max_shift, max_shift, fill_mode="reflect",
-                                 interpolation=interpolation, seed=seed + 1, dtype=dtype),
+                                 interpolation="nearest", seed=seed + 1, dtype=dtype),
     ], name="augmentation")
 
 
-def pooled_cnn(augment=False, seed=0):
+def pooled_cnn(augment=False, max_shift=0.125, seed=0):
     """Step 6's CNN: step 4's convs with 2x2 max pooling after each ("same" padding).
 
     Pooling shrinks the feature map to 8x8x64, so the dense head has 16x fewer
@@ -49,7 +51,7 @@ def pooled_cnn(augment=False, seed=0):
     """
     stack = [keras.Input(IMAGE_SHAPE)]
     if augment:
-        stack.append(augmentation(seed=seed))
+        stack.append(augmentation(max_shift, seed=seed))
     stack += [
         layers.Conv2D(32, 3, padding="same", activation="relu", name="conv1"),  # 32x32x32
         layers.MaxPooling2D(name="pool1"),                                      # 16x16x32

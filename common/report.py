@@ -72,9 +72,37 @@ def part3_table(part3):
     return "\n".join(rows)
 
 
+def part2_sensitivity_table(part2, rates=(0.5, 0.8, 0.9, 0.95, 0.99)):
+    """Test accuracy with one layer pruned at a few rates, layers in depth order."""
+    rows = ["| # | layer (kernel shape) | " + " | ".join(f"{100 * r:g}%" for r in rates) + " |",
+            "|---|---|" + "---|" * len(rates)]
+    layers = sorted(part2["layer_sensitivity"].items(), key=lambda item: item[1]["index"])
+    for name, curve in layers:
+        accuracy = dict(zip(curve["prune_rates"], curve["test_accuracy"]))
+        rows.append(f"| {curve['index']} | {name} {tuple(curve['shape'])} | "
+                    + " | ".join(f"{100 * accuracy[r]:.1f}%" if r in accuracy else "—"
+                                 for r in rates) + " |")
+    return "\n".join(rows)
+
+
+def part2_sparsity_table(part2, sparsities=(0.5, 0.7, 0.8, 0.9, 0.95)):
+    """One global threshold vs the same rate in every layer, without retraining."""
+    rows = ["| weights pruned overall | " + " | ".join(f"{100 * s:g}%" for s in sparsities) + " |",
+            "|---|" + "---|" * len(sparsities)]
+    for kind, label in (("global", "one global threshold"), ("uniform", "same rate in every layer")):
+        accuracy = dict(zip(part2[kind]["sparsity"], part2[kind]["test_accuracy"]))
+        rows.append(f"| {label} | " + " | ".join(
+            f"{100 * accuracy[s]:.1f}%" if s in accuracy else "—" for s in sparsities) + " |")
+    return "\n".join(rows)
+
+
 def part2_tables(part2):
-    """Fine-tuning and size results of Part 2."""
+    """Per-layer sensitivity, global vs uniform, fine-tuning and sizes of Part 2."""
     out = []
+    if part2.get("layer_sensitivity"):
+        out += [part2_sensitivity_table(part2), ""]
+    if part2.get("global") and part2.get("uniform"):
+        out += [part2_sparsity_table(part2), ""]
     if part2.get("finetune"):
         out += ["| sparsity (global) | pruned | + fine-tuned | .keras | gzip | sparse format "
                 "| sparse × smaller |", "|---|---|---|---|---|---|---|"]

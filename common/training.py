@@ -40,6 +40,50 @@ class EpochRecorder(keras.callbacks.Callback):
         })
 
 
+class Lookahead(keras.callbacks.Callback):
+    """Every `every` steps, pull the weights towards their running average and
+    continue from there (airbench's lookahead; hlb-cifar10's EMA).
+
+    From epoch `start_epoch` on, with t the fraction of training done, the
+    average moves by (1 - rho) towards the weights, rho = decay**every * t**power:
+    a short memory early, a strong average at the end. Batch-norm moving
+    statistics are averaged too, so they match the averaged weights. After an
+    epoch's last step the weights are set to the average, so the epoch's test
+    evaluation sees the model that is saved, and a resumed run starts where an
+    uninterrupted one would.
+    """
+
+    def __init__(self, total_steps, start_epoch=3, every=5, decay=0.95, power=3.0):
+        super().__init__()
+        self.total_steps, self.start_epoch = total_steps, start_epoch
+        self.every, self.decay, self.power = every, decay, power
+        self._average = None
+
+    def _variables(self):
+        # Float weights only: augmentation layers hold integer seed states.
+        return [v for v in self.model.weights if "float" in str(v.dtype)]
+
+    def _set_weights_to_average(self):
+        for average, variable in zip(self._average, self._variables()):
+            variable.assign(average)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        active = epoch >= self.start_epoch
+        self._average = ([keras.ops.convert_to_numpy(v) for v in self._variables()]
+                         if active else None)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._average is None:
+            return
+        step = int(self.model.optimizer.iterations)
+        if step % self.every == 0:
+            rho = self.decay ** self.every * min(1.0, step / self.total_steps) ** self.power
+            for average, variable in zip(self._average, self._variables()):
+                average += (1 - rho) * (keras.ops.convert_to_numpy(variable) - average)
+        if step % self.every == 0 or batch + 1 == self.params.get("steps"):
+            self._set_weights_to_average()
+
+
 def merge_epoch(epochs, record):
     """`epochs` with `record` appended, dropping records of that epoch or later
     (left by a run that was killed after recording but before its backup)."""
@@ -47,7 +91,7 @@ def merge_epoch(epochs, record):
 
 
 def fit_resumable(model, train, test, *, epochs, batch_size, backup_dir,
-                  on_record, verbose=2):
+                  on_record, callbacks=(), verbose=2):
     """Fit `model` (compiled, with an accuracy metric), evaluating on `test` after
     every epoch; resume from `backup_dir` if an earlier run left a backup there.
 
@@ -58,10 +102,11 @@ def fit_resumable(model, train, test, *, epochs, batch_size, backup_dir,
         Keras BackupAndRestore folder; deleted when training finishes.
     on_record : callable
         Called with each epoch's record dict (see EpochRecorder) as it ends.
+    callbacks : more Keras callbacks, run before the backup is written.
     verbose : int
         Keras verbosity; 2 prints one line per epoch.
     """
-    callbacks = [EpochRecorder(on_record),
+    callbacks = [*callbacks, EpochRecorder(on_record),
                  keras.callbacks.BackupAndRestore(backup_dir)]
     model.fit(*train, validation_data=test, epochs=epochs, batch_size=batch_size,
               shuffle=True, callbacks=callbacks, verbose=verbose)
@@ -100,21 +145,22 @@ def test_accuracy(model, test, batch_size=1000):
 
 def fine_tune(model, train, test, *, epochs, batch_size=512, peak_learning_rate=0.05,
               label_smoothing=0.2, max_shift=2 / 32, precision="mixed_bfloat16",
-              seed=0, callbacks=(), verbose=2):
+              lookahead_start_epoch=1, seed=0, callbacks=(), verbose=2):
     """Briefly retrain a compressed model, with the reference model's recipe at a
-    lower learning rate (the weights start close to a good solution).
+    lower learning rate (the weights start close to a good solution), its
+    lookahead averaging from epoch `lookahead_start_epoch` on.
 
     Trains a copy computing in `precision` through flip/translate augmentation,
     then copies the weights back into `model` (whose own policy is unchanged).
-    `callbacks` go to fit (e.g. `pruning.KeepPruned`, which finds the copy's
-    layers by name). Returns the per-epoch records.
+    `callbacks` go to fit before the lookahead (e.g. `pruning.KeepPruned`,
+    which finds the copy's layers by name: the average then only ever sees
+    pruned weights at zero). Returns the per-epoch records.
     """
     from common import models
     keras.utils.set_random_seed(seed)
     fast = models.with_precision(model, precision)
     trainer = keras.Sequential([keras.Input(model.input_shape[1:]),
-                                models.augmentation(max_shift, seed=seed, interpolation="nearest",
-                                                    dtype="float32"),
+                                models.augmentation(max_shift, seed=seed, dtype="float32"),
                                 fast])
     steps = epochs * -(-len(train[0]) // batch_size)
     trainer.compile(
@@ -124,6 +170,8 @@ def fine_tune(model, train, test, *, epochs, batch_size=512, peak_learning_rate=
         metrics=["accuracy"])
     records = []
     trainer.fit(*train, validation_data=test, epochs=epochs, batch_size=batch_size,
-                callbacks=[EpochRecorder(records.append), *callbacks], verbose=verbose)
+                callbacks=[EpochRecorder(records.append), *callbacks,
+                           Lookahead(steps, start_epoch=lookahead_start_epoch)],
+                verbose=verbose)
     model.set_weights(fast.get_weights())
     return records

@@ -8,6 +8,7 @@ import pytest
 
 import part2_prune
 from common import cli, pruning
+from common.results import write_json
 from tests.conftest import tiny_classifier
 
 
@@ -77,6 +78,25 @@ def test_masks_survive_fit():
     assert pruning.sparsity(model) >= 0.8 - 1e-3
 
 
+def test_masks_survive_fine_tuning_with_lookahead():
+    """fine_tune averages the weights (lookahead) in its second epoch: the
+    pruned weights must still come out exactly zero."""
+    from common.training import fine_tune
+    model = tiny_classifier()
+    masks = pruning.global_masks(pruning.kernels_of(model), 0.8)
+    pruning.apply_masks(model, masks)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(size=(40, 32, 32, 3)).astype("float32")
+    y = np.eye(10, dtype="float32")[rng.integers(0, 10, 40)]
+    before = pruning.kernels_of(model)
+    fine_tune(model, (x, y), (x, y), epochs=2, batch_size=8, peak_learning_rate=0.5,
+              callbacks=[pruning.KeepPruned(masks)], verbose=0)
+    kernels = pruning.kernels_of(model)
+    for name, mask in masks.items():
+        assert np.all(kernels[name][~mask] == 0)
+        assert not np.array_equal(kernels[name][mask], before[name][mask])  # it trained
+
+
 def test_sparse_format_is_smaller_for_a_sparse_model():
     model = tiny_classifier()
     dense = pruning.sparse_bytes(model)
@@ -132,3 +152,16 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch)
     (tmp_path / "figures" / "part2_finetune.png").unlink()
     assert run(["--plot-only", "--output-dir", out]) == 0
     assert (tmp_path / "figures" / "part2_finetune.png").exists()
+
+    # The trade-off figure needs Part 3 results measured on the same model.
+    part3 = {"settings": dict(results["settings"], model_sha256="another model"),
+             "sweep": [{"k": 4, "params": 100, "test_accuracy": 0.5,
+                        "fine_tuned_test_accuracy": 0.6, "fine_tune_epochs": 1}]}
+    tradeoff = tmp_path / "figures" / "compression_tradeoff.png"
+    write_json(str(tmp_path / "results" / "part3.json"), part3)
+    assert run(["--plot-only", "--output-dir", out]) == 0
+    assert not tradeoff.exists()
+    part3["settings"] = results["settings"]
+    write_json(str(tmp_path / "results" / "part3.json"), part3)
+    assert run(["--plot-only", "--output-dir", out]) == 0
+    assert tradeoff.read_bytes().startswith(b"\x89PNG")

@@ -1,0 +1,59 @@
+"""The lookahead callback, checked against the running-average formula by hand."""
+
+import keras
+import numpy as np
+
+from common.training import Lookahead
+
+
+class FakeOptimizer:
+    iterations = 0
+
+
+def lookahead_on_one_weight(start_epoch=1, every=2, total_steps=8):
+    """A Lookahead attached to a model whose only weight is a 3x3 kernel."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3, use_bias=False)])
+    model.optimizer = FakeOptimizer()
+    callback = Lookahead(total_steps, start_epoch=start_epoch, every=every, decay=0.9, power=2.0)
+    callback.set_model(model)
+    callback.set_params({"steps": 5})
+    return model, callback
+
+
+def set_weight(model, value):
+    model.layers[0].kernel.assign(np.full((3, 3), value, dtype=np.float32))
+
+
+def weight(model):
+    return float(keras.ops.convert_to_numpy(model.layers[0].kernel)[0, 0])
+
+
+def test_lookahead_does_nothing_before_its_start_epoch():
+    model, callback = lookahead_on_one_weight(start_epoch=1)
+    callback.on_epoch_begin(0)
+    set_weight(model, 5.0)
+    model.optimizer.iterations = 2
+    callback.on_train_batch_end(1)
+    callback.on_train_batch_end(4)
+    assert weight(model) == 5.0
+
+
+def test_lookahead_moves_weights_to_the_running_average_every_n_steps():
+    model, callback = lookahead_on_one_weight(start_epoch=0, every=2, total_steps=8)
+    set_weight(model, 0.0)
+    callback.on_epoch_begin(0)                 # average starts at the weights: 0
+    expected = 0.0
+    for step, value in [(1, 4.0), (2, 4.0), (3, 1.0), (4, 2.0)]:
+        set_weight(model, value)               # what an optimizer step would leave
+        model.optimizer.iterations = step
+        callback.on_train_batch_end(step - 1)
+        if step % 2 == 0:                      # rho = 0.9**2 * (step / 8)**2
+            rho = 0.81 * (step / 8) ** 2
+            expected = rho * expected + (1 - rho) * value
+            assert np.isclose(weight(model), expected, rtol=1e-6)
+        else:                                  # between updates the weights are left alone
+            assert weight(model) == value
+    set_weight(model, 9.0)                     # the epoch's last step (5 of 5) ...
+    model.optimizer.iterations = 5
+    callback.on_train_batch_end(4)
+    assert np.isclose(weight(model), expected, rtol=1e-6)  # ... ends on the average
