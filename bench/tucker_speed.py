@@ -2,7 +2,8 @@
 
 For k = 1..8 and batch sizes 1, 32 and 256, decomposes the model and times the
 original and all eight decomposed models together (compiled inference
-functions, warm-up excluded, interleaved repeats; see common.measure), then
+functions, warm-up excluded, interleaved repeats; see common.measure), each
+with its batch norms folded into the convs as Part 3 times them, then
 prints the FLOPs ratio and the measured time ratio side by side. Then, for one
 k, times each decomposed conv alone against the conv it replaces (same input
 shape, batch 256): where the whole model's time ratio comes from.
@@ -24,6 +25,7 @@ import numpy as np  # noqa: E402
 
 import common  # noqa: E402,F401
 from common import measure, models, tucker  # noqa: E402
+from common.inference import fold_batchnorm  # noqa: E402
 
 # Images per timed pass for each batch size: enough batches to average over,
 # few enough that batch size 1 (one image per call) stays under a minute.
@@ -43,6 +45,7 @@ def main():
         candidates[f"k{k}"], _ = tucker.decompose_model(
             original, lambda c, f, k=k: tucker.tucker_ranks(c, f, k))
         flops[f"k{k}"] = measure.count_flops(candidates[f"k{k}"])
+    candidates = {name: fold_batchnorm(model)[0] for name, model in candidates.items()}
     images = np.random.default_rng(0).uniform(size=(max(IMAGES.values()), 32, 32, 3))
     images = images.astype("float32")
     print(f"{'k':>3} {'FLOPs ratio':>12}" + "".join(f"{f'time ratio b={b}':>18}" for b in IMAGES))

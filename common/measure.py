@@ -7,14 +7,7 @@ import keras
 import numpy as np
 from keras import layers
 
-
-def _leaf_layers(model):
-    """Every layer, with nested models (e.g. an augmentation Sequential) opened up."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _leaf_layers(layer)
-        else:
-            yield layer
+from common.models import leaf_layers
 
 
 def count_params(model):
@@ -34,7 +27,7 @@ def count_flops(model):
     a conv costs out_h * out_w * kh * kw * (c / groups) * f multiply-adds.
     """
     macs = 0
-    for layer in _leaf_layers(model):
+    for layer in leaf_layers(model):
         if type(layer) is layers.Conv2D:
             _, out_h, out_w, f = layer.output.shape
             kh, kw, c_per_group, _ = layer.kernel.shape

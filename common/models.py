@@ -213,6 +213,16 @@ def _identity_init(model):
             layer.kernel.assign(kernel)
 
 
+def leaf_layers(model):
+    """Every layer of `model` in order, nested models (e.g. an augmentation
+    Sequential, or a classifier inside a trainer) opened up."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from leaf_layers(layer)
+        else:
+            yield layer
+
+
 def load_classifier(path, hint=""):
     """Load a .keras CIFAR-10 classifier with Keras' safe mode on (no arbitrary code).
 

@@ -107,6 +107,10 @@ def plot_accuracy_vs_k(results, path):
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     ks, acc, rows = _sweep_xy(results["sweep"], "test_accuracy")
     ax.plot(ks, acc, "o-", label="decomposed")
+    recalibrated = [(r["k"], r["test_accuracy_recalibrated"]) for r in rows
+                    if r.get("test_accuracy_recalibrated") is not None]
+    if recalibrated:
+        ax.plot(*zip(*recalibrated), "s-", label="decomposed, batch norm re-estimated")
     tuned = [(r["k"], r["fine_tuned_test_accuracy"]) for r in rows
              if r.get("fine_tuned_test_accuracy") is not None]
     if tuned:
@@ -159,10 +163,14 @@ def plot_layer_sensitivity(results, path):
 def plot_global_vs_uniform(results, path):
     """Part 2: one global magnitude threshold vs the same rate in every layer."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for kind, marker in (("global", "o-"), ("uniform", "s-")):
+    for kind, marker, color in (("global", "o", "C0"), ("uniform", "s", "C1")):
         curve = results[kind]
-        ax.plot([100 * s for s in curve["sparsity"]], curve["test_accuracy"], marker,
-                label=f"{kind} threshold" if kind == "global" else "same rate in every layer")
+        sparsity = [100 * s for s in curve["sparsity"]]
+        label = "one global threshold" if kind == "global" else "same rate in every layer"
+        ax.plot(sparsity, curve["test_accuracy"], marker + "-", color=color, label=label)
+        if "test_accuracy_recalibrated" in curve:
+            ax.plot(sparsity, curve["test_accuracy_recalibrated"], marker + "--", color=color,
+                    mfc="white", label=f"{label}, batch norm re-estimated")
     ax.axhline(results["dense_test_accuracy"], color="k", ls="--", lw=0.8, label="unpruned")
     ax.set(xlabel="weights pruned overall (%)", ylabel="test accuracy", ylim=(0, 1),
            title="Global vs uniform magnitude pruning, no retraining")
@@ -177,8 +185,14 @@ def plot_finetune(results, path):
     rows = results["finetune"]
     sparsity = [100 * r["sparsity"] for r in rows]
     ax.plot(sparsity, [r["test_accuracy_before"] for r in rows], "o-", label="pruned")
+    if all("test_accuracy_recalibrated" in r for r in rows):
+        ax.plot(sparsity, [r["test_accuracy_recalibrated"] for r in rows], "s-",
+                label="pruned, batch norm re-estimated (no training)")
+    if all("test_accuracy_refitted" in r for r in rows):
+        ax.plot(sparsity, [r["test_accuracy_refitted"] for r in rows], "D-",
+                label="+ kept weights refitted by least squares (no training)")
     ax.plot(sparsity, [r["test_accuracy_after"] for r in rows], "^-",
-            label=f"pruned + fine-tuned ({rows[0]['epochs']} epochs, masks fixed)")
+            label=f"+ fine-tuned ({rows[0]['epochs']} epochs, masks fixed)")
     dense = results["dense_test_accuracy"]
     ax.axhline(dense, color="k", ls="--", lw=0.8, label="unpruned")
     ax.axhspan(dense - 0.01, dense, color="k", alpha=0.08, label="within 1 point")
@@ -195,6 +209,9 @@ def plot_compression_tradeoff(part2, part3, path):
     curve = part2["global"]
     ax.plot(curve["nonzero_params"], curve["test_accuracy"], "o-", color="C0",
             label="global pruning")
+    if "test_accuracy_recalibrated" in curve:
+        ax.plot(curve["nonzero_params"], curve["test_accuracy_recalibrated"], "o:", color="C0",
+                label="global pruning, batch norm re-estimated")
     if part2.get("finetune"):
         rows = part2["finetune"]
         ax.plot([r["nonzero_params"] for r in rows], [r["test_accuracy_after"] for r in rows],
@@ -206,6 +223,9 @@ def plot_compression_tradeoff(part2, part3, path):
         for r in sweep:
             ax.annotate(f"k={r['k']}", (r["params"], r["test_accuracy"]), fontsize=7,
                         xytext=(3, -9), textcoords="offset points")
+        if all(r.get("test_accuracy_recalibrated") is not None for r in sweep):
+            ax.plot([r["params"] for r in sweep], [r["test_accuracy_recalibrated"] for r in sweep],
+                    "s:", color="C1", label="Tucker-2, batch norm re-estimated")
         tuned = [r for r in sweep if r.get("fine_tuned_test_accuracy") is not None]
         if tuned:
             ax.plot([r["params"] for r in tuned], [r["fine_tuned_test_accuracy"] for r in tuned],

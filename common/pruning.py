@@ -12,17 +12,14 @@ import io
 import keras
 import numpy as np
 from keras import layers
+from numpy.lib.stride_tricks import sliding_window_view
+
+from common.models import leaf_layers
 
 
 def prunable_layers(model):
     """Conv2D and Dense layers of `model`, in depth order (nested models opened)."""
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            found += prunable_layers(layer)
-        elif type(layer) in (layers.Conv2D, layers.Dense):
-            found.append(layer)
-    return found
+    return [layer for layer in leaf_layers(model) if type(layer) in (layers.Conv2D, layers.Dense)]
 
 
 def _smallest_first(values):
@@ -93,6 +90,76 @@ def pruned(model, masks):
     finally:
         for name, kernel in saved.items():
             by_name[name].kernel.assign(kernel)
+
+
+def conv_patches(inputs, conv):
+    """The input patches a Conv2D multiplies by its kernel, one row per output pixel.
+
+    inputs (N, H, W, C) -> (N * H' * W', kh * kw * C), columns in the order of
+    ``kernel.reshape(-1, f)``, so that ``conv_patches(x, conv) @ kernel.reshape(-1, f)``
+    is the conv's output before bias and activation.
+    """
+    if conv.dilation_rate != (1, 1) or conv.groups != 1 or conv.data_format != "channels_last":
+        raise ValueError(f"{conv.name}: only channels-last, undilated, ungrouped convs")
+    kh, kw = conv.kernel_size
+    if conv.padding == "same":  # Keras/TF 'same': the extra row/column goes after
+        sh, sw = conv.strides
+        h, w = inputs.shape[1:3]
+        pad_h = max((-(-h // sh) - 1) * sh + kh - h, 0)
+        pad_w = max((-(-w // sw) - 1) * sw + kw - w, 0)
+        inputs = np.pad(inputs, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                                 (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    windows = sliding_window_view(inputs, (kh, kw), axis=(1, 2))  # N, H', W', C, kh, kw
+    windows = windows[:, ::conv.strides[0], ::conv.strides[1]].transpose(0, 1, 2, 4, 5, 3)
+    return windows.reshape(-1, kh * kw * inputs.shape[-1])
+
+
+def refit_kept_weights(model, masks, dense_kernels, images, damping=1e-3, chunk=250):
+    """Least-squares refit of the weights that pruning kept (in place, no training).
+
+    Layer by layer in depth order, with X the inputs that the pruned model
+    (refitted so far) feeds the layer on `images`: the kept weights of each
+    output channel j become  argmin_w ||X_S w - X w_j||^2 + lam ||w - w_jS||^2,
+    S the kept inputs of j, w_j its dense weights and lam = damping * mean(diag(X'X)):
+    the layer reproduces its dense output as well as its mask allows, and
+    where the images say nothing (a dead input) the weight stays as magnitude
+    pruning left it. Pruned weights stay zero.
+    (The reconstruction step of SparseGPT / Optimal Brain Compression, with
+    the mask chosen by magnitude beforehand.)
+
+    Parameters
+    ----------
+    model : keras.Model, pruned by `masks`, its layers at the top level
+    masks : dict layer name -> boolean kernel mask
+    dense_kernels : dict layer name -> kernel before pruning (see `kernels_of`)
+    images : calibration inputs of the model, e.g. 2,000 training images
+    """
+    for layer in prunable_layers(model):
+        if layer.name not in masks or np.all(masks[layer.name]):  # nothing pruned: keep as is
+            continue
+        if layer not in model.layers:
+            raise ValueError(f"{layer.name}: refit needs the layers at the model's top level")
+        inputs = keras.Model(model.inputs, layer.input).predict(images, batch_size=500,
+                                                                verbose=0)
+        dense = np.asarray(dense_kernels[layer.name], np.float64)
+        weights = dense.reshape(-1, dense.shape[-1])             # (inputs per output, f)
+        kept = np.asarray(masks[layer.name]).reshape(weights.shape)
+        gram = np.zeros((len(weights), len(weights)))
+        for start in range(0, len(inputs), chunk):
+            x = inputs[start:start + chunk].astype(np.float64)
+            x = conv_patches(x, layer) if isinstance(layer, layers.Conv2D) \
+                else x.reshape(-1, x.shape[-1])
+            gram += x.T @ x
+        scale = np.mean(np.diag(gram))
+        ridge = damping * scale if scale > 0 else 1.0             # no signal: keep w_jS
+        target = gram @ weights + ridge * weights                 # X'X w_j + lam w_j, every j
+        gram += ridge * np.eye(len(gram))
+        refitted = np.zeros_like(weights)
+        for j in range(weights.shape[1]):
+            s = kept[:, j]
+            if s.any():
+                refitted[s, j] = np.linalg.solve(gram[np.ix_(s, s)], target[s, j])
+        layer.kernel.assign(refitted.reshape(dense.shape).astype(np.float32))
 
 
 class KeepPruned(keras.callbacks.Callback):

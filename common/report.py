@@ -55,20 +55,21 @@ def reference_table(info):
 def part3_table(part3):
     """Accuracy, size and speed of each k against the original, with the study's k = 4."""
     original = part3["original"]
-    rows = ["| k | ranks (first layer) | test acc. | after fine-tune | params | FLOPs ratio "
-            "| time ratio (median) | time min–max (s) |",
-            "|---|---|---|---|---|---|---|---|"]
-    rows.append(f"| original | | {_pct(original['test_accuracy'])} | | {original['params']:,} | 1 | 1 "
+    rows = ["| k | ranks (first layer) | test acc. | batch norm re-estimated | after fine-tune "
+            "| params | FLOPs ratio | time ratio (median) | time min–max (s) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    rows.append(f"| original | | {_pct(original['test_accuracy'])} | | | {original['params']:,} | 1 | 1 "
                 f"| {original['forward_seconds']['min']:.2f}–{original['forward_seconds']['max']:.2f} |")
     for row in part3["sweep"]:
         first = next(iter(row["ranks"].values()))
         time = row["forward_seconds"]  # part3_tucker.py times every row of the sweep
         rows.append(
             f"| {row['k']} | {first[0]}, {first[1]} | {_pct(row['test_accuracy'])} "
+            f"| {_pct(row.get('test_accuracy_recalibrated'))} "
             f"| {_pct(row.get('fine_tuned_test_accuracy'))} | {row['params']:,} "
             f"| {row['flops_ratio']:.3f} | {row['time_ratio']:.3f} "
             f"| {time['min']:.2f}–{time['max']:.2f} |")
-    rows.append("| study, k = 4 | | 88.02% (original ~90%) | | | | 0.77 | |")
+    rows.append("| study, k = 4 | | 88.02% (original ~90%) | | | | | 0.77 | |")
     return "\n".join(rows)
 
 
@@ -90,9 +91,13 @@ def part2_sparsity_table(part2, sparsities=(0.5, 0.7, 0.8, 0.9, 0.95)):
     rows = ["| weights pruned overall | " + " | ".join(f"{100 * s:g}%" for s in sparsities) + " |",
             "|---|" + "---|" * len(sparsities)]
     for kind, label in (("global", "one global threshold"), ("uniform", "same rate in every layer")):
-        accuracy = dict(zip(part2[kind]["sparsity"], part2[kind]["test_accuracy"]))
-        rows.append(f"| {label} | " + " | ".join(
-            f"{100 * accuracy[s]:.1f}%" if s in accuracy else "—" for s in sparsities) + " |")
+        for key, suffix in (("test_accuracy", ""),
+                            ("test_accuracy_recalibrated", ", batch norm re-estimated")):
+            if key not in part2[kind]:
+                continue
+            accuracy = dict(zip(part2[kind]["sparsity"], part2[kind][key]))
+            rows.append(f"| {label}{suffix} | " + " | ".join(
+                f"{100 * accuracy[s]:.1f}%" if s in accuracy else "—" for s in sparsities) + " |")
     return "\n".join(rows)
 
 
@@ -104,14 +109,17 @@ def part2_tables(part2):
     if part2.get("global") and part2.get("uniform"):
         out += [part2_sparsity_table(part2), ""]
     if part2.get("finetune"):
-        out += ["| sparsity (global) | pruned | + fine-tuned | .keras | gzip | sparse format "
-                "| sparse × smaller |", "|---|---|---|---|---|---|---|"]
+        out += ["| sparsity (global) | pruned | batch norm re-estimated | + least-squares refit "
+                "| + fine-tuned | .keras | gzip | sparse format | sparse × smaller |",
+                "|---|---|---|---|---|---|---|---|---|"]
         dense = part2["dense_sizes"]
-        out.append(f"| 0 (dense) | {_pct(part2['dense_test_accuracy'])} | | "
+        out.append(f"| 0 (dense) | {_pct(part2['dense_test_accuracy'])} | | | | "
                    f"{dense['keras_bytes'] / 1e6:.2f} MB | {dense['gzip_bytes'] / 1e6:.2f} MB "
                    f"| {dense['sparse_bytes'] / 1e6:.2f} MB | {dense['keras_bytes'] / dense['sparse_bytes']:.1f} |")
         for row in part2["finetune"]:
             out.append(f"| {100 * row['sparsity']:.0f}% | {_pct(row['test_accuracy_before'])} "
+                       f"| {_pct(row.get('test_accuracy_recalibrated'))} "
+                       f"| {_pct(row.get('test_accuracy_refitted'))} "
                        f"| {_pct(row['test_accuracy_after'])} | {row['keras_bytes'] / 1e6:.2f} MB "
                        f"| {row['gzip_bytes'] / 1e6:.2f} MB | {row['sparse_bytes'] / 1e6:.2f} MB "
                        f"| {dense['keras_bytes'] / row['sparse_bytes']:.1f} |")

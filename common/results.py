@@ -48,13 +48,16 @@ def read_json(path, default=None):
 
 
 def run_metadata(data_source=None):
-    """Versions and data source, stored with every results file."""
+    """Versions (Keras' backend library's too) and data source, stored with
+    every results file."""
+    import importlib
+
     import keras
     import numpy
-    import tensorflow
 
+    backend = keras.backend.backend()
     meta = {"python": platform.python_version(),
-            "tensorflow": tensorflow.__version__,
+            backend: importlib.import_module(backend).__version__,
             "keras": keras.__version__,
             "numpy": numpy.__version__,
             "keras_backend": keras.backend.backend(),

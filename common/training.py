@@ -4,14 +4,17 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
+
+from common import models
 
 
 def set_seed(seed):
     """Seed Python, numpy and the backend, and ask TensorFlow for deterministic ops,
     so that the same seed gives the same numbers on the same machine."""
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    if keras.backend.backend() == "tensorflow":  # JAX on a GPU: deterministic by default flags
+        import tensorflow as tf
+        tf.config.experimental.enable_op_determinism()
 
 
 class EpochRecorder(keras.callbacks.Callback):
@@ -82,6 +85,28 @@ class Lookahead(keras.callbacks.Callback):
                 average += (1 - rho) * (keras.ops.convert_to_numpy(variable) - average)
         if step % self.every == 0 or batch + 1 == self.params.get("steps"):
             self._set_weights_to_average()
+
+
+def recalibrate_batchnorm(model, images, batch_size=500):
+    """Re-estimate every batch norm's moving mean and variance of `model` (in
+    place) as exact averages over `images`, weights unchanged.
+
+    Pruning or decomposing the layer before a batch norm changes the statistics
+    of its input; the stored ones then mis-normalise it. This costs one forward
+    pass, no training. Returns the number of batch-norm layers updated.
+    """
+    norms = [layer for layer in models.leaf_layers(model)
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [norm.momentum for norm in norms]
+    try:
+        for i, start in enumerate(range(0, len(images), batch_size), start=1):
+            for norm in norms:  # moving = moving * (1 - 1/i) + batch / i: the running mean
+                norm.momentum = 1 - 1 / i
+            model(images[start:start + batch_size], training=True)
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+    return len(norms)
 
 
 def merge_epoch(epochs, record):
@@ -156,7 +181,6 @@ def fine_tune(model, train, test, *, epochs, batch_size=512, peak_learning_rate=
     which finds the copy's layers by name: the average then only ever sees
     pruned weights at zero). Returns the per-epoch records.
     """
-    from common import models
     keras.utils.set_random_seed(seed)
     fast = models.with_precision(model, precision)
     trainer = keras.Sequential([keras.Input(model.input_shape[1:]),

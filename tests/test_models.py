@@ -16,7 +16,7 @@ def test_plain_cnn_has_no_pooling_and_outputs_probabilities():
     assert model.output_shape == (None, 10)
     assert _count(model, layers.MaxPooling2D) == 0 and _count(model, layers.Conv2D) == 2
     x = np.random.default_rng(0).uniform(size=(3, 32, 32, 3)).astype("float32")
-    np.testing.assert_allclose(model(x).numpy().sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)).sum(axis=1), 1, rtol=1e-5)
 
 
 def test_pooled_cnn_pools_after_each_conv():
@@ -42,7 +42,8 @@ def test_whitening_kernel_decorrelates_patches():
     conv = layers.Conv2D(24, 2, padding="valid")
     conv.build((None, 32, 32, 3))
     conv.set_weights([kernel, bias])
-    features = conv(images).numpy().reshape(-1, 24)[:, :12]  # one sign of each filter
+    features = keras.ops.convert_to_numpy(conv(images)).reshape(-1, 24)
+    features = features[:, :12]  # one sign of each filter
     np.testing.assert_allclose(features.mean(axis=0), 0, atol=1e-3)
     np.testing.assert_allclose(np.cov(features, rowvar=False), np.eye(12), atol=2e-2)
 

@@ -32,7 +32,7 @@ def test_tiny_run_writes_figure_json_and_model(tiny_cifar, tmp_path):
                            "test_loss", "seconds"}
     assert 0 <= record["test_accuracy"] <= 1
     assert entry["final_test_accuracy"] == record["test_accuracy"]
-    assert {"python", "tensorflow", "keras", "data_source"} <= set(results["meta"])
+    assert {"python", keras.backend.backend(), "keras", "data_source"} <= set(results["meta"])
     png = (tmp_path / "figures" / "part1_step4_baseline.png").read_bytes()
     assert png.startswith(b"\x89PNG")
     model = keras.saving.load_model(str(tmp_path / "models" / "part1_baseline.keras"))

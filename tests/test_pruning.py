@@ -106,6 +106,18 @@ def test_sparse_format_is_smaller_for_a_sparse_model():
 
 # ---- the script --------------------------------------------------------------
 
+def test_sparsity_curve_leaves_every_weight_as_it_was():
+    model = tiny_classifier()
+    before = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    images = np.random.default_rng(0).uniform(size=(8, 32, 32, 3)).astype("float32")
+    test = (images, np.eye(10, dtype="float32")[np.arange(8) % 10])
+    curve = part2_prune.sparsity_curve(model, test, "global", [0.5, 0.9], images)
+    assert len(curve["test_accuracy_recalibrated"]) == 2
+    for old, new in zip(before, model.weights):  # kernels and batch-norm statistics
+        np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
+
+
+
 def run(argv):
     return cli.run_main(part2_prune.main, argv)
 
@@ -144,8 +156,11 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch)
     assert results["layer_sensitivity"]["head"]["test_accuracy"][0] == pytest.approx(
         results["dense_test_accuracy"])
     assert results["global"]["sparsity"] == [0.5, 0.9]
+    assert len(results["global"]["test_accuracy_recalibrated"]) == 2
     (row,) = results["finetune"]
     assert row["measured_sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert {"test_accuracy_recalibrated", "test_accuracy_refitted", "peak_learning_rate",
+            "batch_size"} <= set(row)
     assert results["sizes"][1]["sparse_bytes"] < results["sizes"][0]["sparse_bytes"]
     for name in ("layer_sensitivity", "global_vs_uniform", "finetune"):
         assert (tmp_path / "figures" / f"part2_{name}.png").read_bytes().startswith(b"\x89PNG")
@@ -165,3 +180,57 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch)
     write_json(str(tmp_path / "results" / "part3.json"), part3)
     assert run(["--plot-only", "--output-dir", out]) == 0
     assert tradeoff.read_bytes().startswith(b"\x89PNG")
+
+
+# ---- least-squares refit of the kept weights ---------------------------------
+
+@pytest.mark.parametrize("strides, padding", [(1, "same"), (2, "same"), (2, "valid"), (1, "valid")])
+def test_conv_patches_times_kernel_is_the_conv(strides, padding):
+    keras.utils.set_random_seed(0)
+    conv = keras.layers.Conv2D(5, 3, strides=strides, padding=padding, use_bias=False)
+    x = np.random.default_rng(0).normal(size=(2, 9, 8, 4)).astype("float32")
+    expected = keras.ops.convert_to_numpy(conv(x))                   # Keras' own conv
+    kernel = keras.ops.convert_to_numpy(conv.kernel).reshape(-1, 5)
+    np.testing.assert_allclose(pruning.conv_patches(x, conv) @ kernel,
+                               expected.reshape(-1, 5), rtol=1e-4, atol=1e-5)
+
+
+def test_refit_of_a_dense_layer_is_the_least_squares_solution():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3, use_bias=False, name="d")])
+    dense = pruning.kernels_of(model)
+    masks = pruning.uniform_masks(dense, 0.5)
+    pruning.apply_masks(model, masks)
+    pruning.refit_kept_weights(model, masks, dense, x, damping=0.0)
+    refitted = keras.ops.convert_to_numpy(model.layers[0].kernel)
+    for j in range(3):   # numpy's lstsq on the kept inputs of output j
+        keep = masks["d"][:, j]
+        best = np.linalg.lstsq(x[:, keep], x @ dense["d"][:, j], rcond=None)[0]
+        np.testing.assert_allclose(refitted[keep, j], best, rtol=1e-4, atol=1e-5)
+        assert np.all(refitted[~keep, j] == 0)
+
+
+def test_refit_brings_a_pruned_model_closer_to_the_dense_one():
+    model = tiny_classifier()
+    images = np.random.default_rng(0).uniform(size=(16, 32, 32, 3)).astype("float32")
+    expected = model.predict(images, verbose=0)
+    dense = pruning.kernels_of(model)
+    masks = pruning.global_masks(dense, 0.8)
+    pruning.apply_masks(model, masks)
+    pruned_error = np.abs(model.predict(images, verbose=0) - expected).mean()
+    pruning.refit_kept_weights(model, masks, dense, images)
+    assert np.abs(model.predict(images, verbose=0) - expected).mean() < pruned_error / 2
+    assert pruning.sparsity(model) == pytest.approx(0.8, abs=1e-3)  # zeros stay zeros
+
+
+def test_refit_keeps_the_weight_of_a_dead_input():
+    x = np.random.default_rng(1).normal(size=(32, 4)).astype("float32")
+    x[:, 0] = 0.0                                      # input 0 never fires
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, use_bias=False, name="d")])
+    dense = pruning.kernels_of(model)
+    masks = {"d": np.array([[True, True], [True, False], [False, True], [True, True]])}
+    pruning.apply_masks(model, masks)
+    pruning.refit_kept_weights(model, masks, dense, x)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model.layers[0].kernel)[0],
+                               dense["d"][0], rtol=1e-6)

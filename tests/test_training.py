@@ -1,9 +1,10 @@
-"""The lookahead callback, checked against the running-average formula by hand."""
+"""Training helpers: the lookahead callback against the running-average formula by
+hand, and batch-norm re-estimation against numpy statistics."""
 
 import keras
 import numpy as np
 
-from common.training import Lookahead
+from common.training import Lookahead, recalibrate_batchnorm
 
 
 class FakeOptimizer:
@@ -57,3 +58,26 @@ def test_lookahead_moves_weights_to_the_running_average_every_n_steps():
     model.optimizer.iterations = 5
     callback.on_train_batch_end(4)
     assert np.isclose(weight(model), expected, rtol=1e-6)  # ... ends on the average
+
+
+def test_recalibrate_batchnorm_sets_exact_mean_and_batch_variance():
+    rng = np.random.default_rng(0)
+    images = rng.normal(2.0, 3.0, size=(40, 5)).astype("float32")
+    kernel = rng.normal(size=(5, 4)).astype("float32")
+    dense = keras.layers.Dense(4, use_bias=False)
+    norm = keras.layers.BatchNormalization(momentum=0.9)
+    inner = keras.Sequential([keras.Input((5,)), dense, norm])
+    model = keras.Sequential([keras.Input((5,)), inner])  # nested: found too
+    dense.kernel.assign(kernel)
+    kept = [keras.ops.convert_to_numpy(w) for w in (dense.kernel, norm.gamma, norm.beta)]
+
+    assert recalibrate_batchnorm(model, images, batch_size=10) == 1
+
+    outputs = (images.astype("float64") @ kernel).reshape(4, 10, 4)  # 4 batches of 10
+    np.testing.assert_allclose(norm.moving_mean, outputs.mean(axis=(0, 1)), rtol=1e-5)
+    # Keras BN uses each batch's biased variance; the re-estimate is their mean.
+    np.testing.assert_allclose(norm.moving_variance, outputs.var(axis=1).mean(axis=0),
+                               rtol=1e-5)
+    assert norm.momentum == 0.9
+    for before, after in zip(kept, (dense.kernel, norm.gamma, norm.beta)):
+        np.testing.assert_array_equal(before, keras.ops.convert_to_numpy(after))

@@ -173,6 +173,8 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path):
     assert full["test_accuracy"] == pytest.approx(results["original"]["test_accuracy"])
     assert full["fine_tuned_test_accuracy"] is not None and len(full["forward_seconds"]["all"]) == 2
     assert results["sweep"][0]["flops_ratio"] < 1
+    assert all(0 <= row["test_accuracy_recalibrated"] <= 1 for row in results["sweep"])
+    assert results["timing"]["batch_norm_folded"] is True
     for name in ("reconstruction_vs_rank", "accuracy_vs_k", "forward_time_vs_k"):
         assert (tmp_path / "figures" / f"part3_{name}.png").read_bytes().startswith(b"\x89PNG")
     assert (tmp_path / "models" / "tucker_k2.keras").exists()
