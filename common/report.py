@@ -109,8 +109,8 @@ def part2_tables(part2):
     if part2.get("global") and part2.get("uniform"):
         out += [part2_sparsity_table(part2), ""]
     if part2.get("finetune"):
-        out += ["| sparsity (global) | pruned | batch norm re-estimated | + least-squares refit "
-                "| + fine-tuned | .keras | gzip | sparse format | sparse × smaller |",
+        out += ["| sparsity (global) | pruned | batch norm re-estimated | refit by least squares "
+                "(no training) | fine-tuned | .keras | gzip | sparse format | sparse × smaller |",
                 "|---|---|---|---|---|---|---|---|---|"]
         dense = part2["dense_sizes"]
         out.append(f"| 0 (dense) | {_pct(part2['dense_test_accuracy'])} | | | | "
