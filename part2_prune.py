@@ -42,8 +42,9 @@ REFIT_IMAGES = 2_000
 # between the knee of the global curve (80%) and the target (90%).
 FINE_TUNE_SPARSITIES = (0.5, 0.8, 0.85, 0.9, 0.95)
 FINE_TUNE_EPOCHS = 3              # the target: 90% sparse within 1 point in <= 3 epochs
-# One-cycle peak (the reference trained at 0.75). At 90%, probed once each
-# (GPU, then this CPU): 0.05 -> 87.7%, 0.15 -> 87.8%, batch 128 at 0.075 -> 87.5%.
+# One-cycle peak (the reference trained at 0.75). At 90%, each probed once
+# (this CPU / a GPU): 0.05 -> 87.6 / 87.7%, 0.15 -> 87.6 / 87.8%; batch 128
+# at 0.075 -> 87.5% (CPU). Three epochs, not the recipe, are the limit.
 FINE_TUNE_LEARNING_RATE = 0.15
 FINE_TUNE_BATCH_SIZE = 512
 RESULTS_FILE = "part2.json"
@@ -143,7 +144,7 @@ def sparsity_curve(model, test, kind, sparsities, recalibration_images):
 def fine_tune_at(model_path, sparsity, train, test, args, models_dir):
     """Prune a fresh copy globally to `sparsity` and re-estimate its batch norm;
     measure what a least-squares refit of the kept weights would add (on the
-    side: fine-tuning from it ended no better, 87.3% vs 87.8% at 90%); then
+    side: fine-tuning from it ended no better, 87.3% vs 87.6% at 90%); then
     fine-tune with fixed masks. Measures each stage, and the size on disk."""
     from common import measure, models, pruning, training
     model = models.load_classifier(model_path)

@@ -9,10 +9,11 @@ from common import models
 
 
 def set_seed(seed):
-    """Seed Python, numpy and the backend, and ask TensorFlow for deterministic ops,
-    so that the same seed gives the same numbers on the same machine."""
+    """Seed Python, numpy and the backend, and (on TensorFlow) ask for
+    deterministic ops, so that the same seed gives the same numbers on the same
+    machine. Other backends are seeded only."""
     keras.utils.set_random_seed(seed)
-    if keras.backend.backend() == "tensorflow":  # JAX on a GPU: deterministic by default flags
+    if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
         tf.config.experimental.enable_op_determinism()
 

@@ -1,6 +1,7 @@
 """Tucker-2 surgery checked against plain convolutions and numpy's SVD."""
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -9,6 +10,7 @@ from keras import layers
 
 import part3_tucker
 from common import cli, tucker
+from common.results import write_json
 from tests.conftest import tiny_classifier
 
 
@@ -182,3 +184,16 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path):
     (tmp_path / "figures" / "part3_accuracy_vs_k.png").unlink()
     assert run(["--plot-only", "--output-dir", out]) == 0
     assert (tmp_path / "figures" / "part3_accuracy_vs_k.png").exists()
+
+    # A rerun reuses finished rows; one stored before batch-norm re-estimation
+    # existed gets just that number added, its fine-tuned accuracy kept.
+    del results["sweep"][0]["test_accuracy_recalibrated"]
+    write_json(str(tmp_path / "results" / "part3.json"), results)
+    saved = {k: os.stat(tmp_path / "models" / f"tucker_k{k}.keras").st_mtime_ns for k in (2, 8)}
+    assert run(argv + ["--fine-tune", "1", "--train-limit", "40", "--batch-size", "20"]) == 0
+    for k, mtime in saved.items():  # not decomposed, fine-tuned and saved again
+        assert os.stat(tmp_path / "models" / f"tucker_k{k}.keras").st_mtime_ns == mtime
+    rerun = json.load(open(tmp_path / "results" / "part3.json"))
+    for old, new in zip(results["sweep"], rerun["sweep"]):
+        assert new["fine_tuned_test_accuracy"] == old["fine_tuned_test_accuracy"]
+        assert 0 <= new["test_accuracy_recalibrated"] <= 1
