@@ -13,6 +13,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from common.models import replace_layers
+
 
 def _producer(layer):
     """The layer whose output is `layer`'s only input, or None."""
@@ -74,35 +76,18 @@ def fold_batchnorm(model):
     pairs : dict batch-norm name -> conv name, the folds made
     """
     pairs = foldable_pairs(model)
-    folded_convs = {conv: norm for norm, conv in pairs.items()}
+    replacements = {norm: [] for norm in pairs}        # the batch norm goes into the conv
+    for norm, conv in pairs.items():
+        replacements[conv] = [_folded_conv(model.get_layer(conv), model.get_layer(norm))]
+    return replace_layers(model, replacements), pairs
 
-    def clone(layer):
-        config = layer.get_config()
-        if layer.name in folded_convs:
-            config["use_bias"] = True
-        return layer.__class__.from_config(config)
 
-    def call(layer, *args, **kwargs):
-        if layer.name in pairs:   # the batch norm is now inside the conv
-            return args[0]
-        return layer(*args, **kwargs)
-
-    if isinstance(model, keras.Sequential):
-        new_model = keras.Sequential([keras.Input(model.input_shape[1:])] +
-                                     [clone(layer) for layer in model.layers
-                                      if layer.name not in pairs], name=model.name)
-    else:
-        new_model = keras.models.clone_model(model, clone_function=clone, call_function=call)
-    for layer in model.layers:
-        if layer.name in pairs or not layer.weights:
-            continue
-        target = new_model.get_layer(layer.name)
-        if layer.name in folded_convs:
-            scale, shift = _affine(model.get_layer(folded_convs[layer.name]))
-            kernel = keras.ops.convert_to_numpy(layer.kernel) * scale        # (kh, kw, c, f) * (f,)
-            bias = keras.ops.convert_to_numpy(layer.bias) if layer.use_bias else 0.0
-            target.set_weights([kernel.astype(np.float32),
-                                (scale * bias + shift).astype(np.float32)])
-        else:
-            target.set_weights(layer.get_weights())
-    return new_model, pairs
+def _folded_conv(conv, norm):
+    """A new, built Conv2D computing norm(conv(x)) (inference mode), with a bias."""
+    folded = layers.Conv2D.from_config({**conv.get_config(), "use_bias": True})
+    folded.build(conv.input.shape)
+    scale, shift = _affine(norm)
+    kernel = keras.ops.convert_to_numpy(conv.kernel) * scale           # (kh, kw, c, f) * (f,)
+    bias = keras.ops.convert_to_numpy(conv.bias) if conv.use_bias else 0.0
+    folded.set_weights([kernel.astype(np.float32), (scale * bias + shift).astype(np.float32)])
+    return folded

@@ -223,6 +223,40 @@ def leaf_layers(model):
             yield layer
 
 
+def replace_layers(model, replacements, name=None):
+    """A new model in which each layer named in `replacements` is swapped for the
+    given list of built layers, applied in sequence (an empty list drops the
+    layer), and every other layer is copied with its weights; `model` is not
+    changed and shares nothing with the result.
+
+    model : keras.Sequential or functional keras.Model, each replaced layer
+        with one input and one output
+    replacements : dict layer name -> list of keras layers
+    """
+    def copy(layer):
+        return layer.__class__.from_config(layer.get_config())
+
+    if isinstance(model, keras.Sequential):
+        stack = [keras.Input(model.input_shape[1:])]
+        for layer in model.layers:
+            stack += replacements[layer.name] if layer.name in replacements else [copy(layer)]
+        new_model = keras.Sequential(stack, name=name or model.name)
+    else:
+        def call(layer, *args, **kwargs):
+            if layer.name not in replacements:
+                return layer(*args, **kwargs)
+            x = args[0]
+            for piece in replacements[layer.name]:
+                x = piece(x)
+            return x
+        new_model = keras.models.clone_model(model, clone_function=copy, call_function=call)
+        new_model.name = name or model.name
+    for layer in model.layers:
+        if layer.name not in replacements and layer.weights:
+            new_model.get_layer(layer.name).set_weights(layer.get_weights())
+    return new_model
+
+
 def load_classifier(path, hint=""):
     """Load a .keras CIFAR-10 classifier with Keras' safe mode on (no arbitrary code).
 

@@ -22,6 +22,8 @@ import tensorly as tl
 from keras import layers
 from tensorly.decomposition import partial_tucker
 
+from common.models import replace_layers
+
 CHANNEL_MODES = (2, 3)  # (kh, kw, c_in, c_out): decompose c_in and c_out
 
 
@@ -126,10 +128,6 @@ def decomposable_convs(model, include_first=False):
             if is_decomposable(layer) and (include_first or layer.kernel.shape[2] > 3)]
 
 
-def _copy_layer(layer):
-    return layer.__class__.from_config(layer.get_config())
-
-
 def decompose_model(model, rank_fn, layer_names=None):
     """A new model with the named convs Tucker-decomposed and every other layer
     copied with its weights (the original is not changed and shares nothing).
@@ -156,23 +154,5 @@ def decompose_model(model, rank_fn, layer_names=None):
         ranks[name] = list(rank_fn(*conv.kernel.shape[2:]))
         replaced[name] = decompose_conv(conv, ranks[name])
 
-    if isinstance(model, keras.Sequential):
-        stack = [keras.Input(model.input_shape[1:])]
-        for layer in model.layers:
-            stack += replaced.get(layer.name) or [_copy_layer(layer)]
-        new_model = keras.Sequential(stack, name=f"{model.name}_tucker")
-    else:
-        def call(layer, *args, **kwargs):
-            if layer.name in replaced:
-                x = args[0]
-                for piece in replaced[layer.name]:
-                    x = piece(x)
-                return x
-            return layer(*args, **kwargs)
-        new_model = keras.models.clone_model(model, clone_function=_copy_layer,
-                                             call_function=call)
-        new_model.name = f"{model.name}_tucker"
-    for layer in model.layers:
-        if layer.name not in replaced and layer.weights:
-            new_model.get_layer(layer.name).set_weights(layer.get_weights())
+    new_model = replace_layers(model, replaced, name=f"{model.name}_tucker")
     return new_model, ranks
