@@ -279,8 +279,9 @@ def load_classifier(path, hint=""):
     return model
 
 
-def with_precision(model, policy):
-    """A copy of `model` computing in `policy` (e.g. "mixed_bfloat16"), same weights.
+def with_precision(model, policy, name_prefix=""):
+    """A copy of `model` computing in `policy` (e.g. "mixed_bfloat16"), same
+    weights, its layers' names prefixed with `name_prefix`.
 
     Two ends stay float32: the input stem up to and including the first conv
     (raw pixels and, in the reference net, the whitening filters that amplify
@@ -296,6 +297,7 @@ def with_precision(model, policy):
         config = layer.get_config()
         if layer.name not in keep and "dtype" in config:
             config["dtype"] = policy
+        config["name"] = name_prefix + layer.name
         return layer.__class__.from_config(config)
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())

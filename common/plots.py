@@ -191,8 +191,9 @@ def plot_finetune(results, path):
     if all("test_accuracy_refitted" in r for r in rows):
         ax.plot(sparsity, [r["test_accuracy_refitted"] for r in rows], "D-",
                 label="kept weights refitted by least squares (no training)")
+    distilled = " + distillation" if rows[0].get("distillation_weight") else ""
     ax.plot(sparsity, [r["test_accuracy_after"] for r in rows], "^-",
-            label=f"fine-tuned {rows[0]['epochs']} epochs from re-estimated, masks fixed")
+            label=f"fine-tuned {rows[0]['epochs']} epochs{distilled}, masks fixed")
     dense = results["dense_test_accuracy"]
     ax.axhline(dense, color="k", ls="--", lw=0.8, label="unpruned")
     ax.axhspan(dense - 0.01, dense, color="k", alpha=0.08, label="within 1 point")

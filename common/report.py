@@ -115,14 +115,14 @@ def part2_tables(part2):
         dense = part2["dense_sizes"]
         out.append(f"| 0 (dense) | {_pct(part2['dense_test_accuracy'])} | | | | "
                    f"{dense['keras_bytes'] / 1e6:.2f} MB | {dense['gzip_bytes'] / 1e6:.2f} MB "
-                   f"| {dense['sparse_bytes'] / 1e6:.2f} MB | {dense['keras_bytes'] / dense['sparse_bytes']:.1f} |")
+                   f"| {dense['sparse_bytes'] / 1e6:.2f} MB | {dense['keras_bytes'] / dense['sparse_bytes']:.2f} |")
         for row in part2["finetune"]:
             out.append(f"| {100 * row['sparsity']:.0f}% | {_pct(row['test_accuracy_before'])} "
                        f"| {_pct(row.get('test_accuracy_recalibrated'))} "
                        f"| {_pct(row.get('test_accuracy_refitted'))} "
                        f"| {_pct(row['test_accuracy_after'])} | {row['keras_bytes'] / 1e6:.2f} MB "
                        f"| {row['gzip_bytes'] / 1e6:.2f} MB | {row['sparse_bytes'] / 1e6:.2f} MB "
-                       f"| {dense['keras_bytes'] / row['sparse_bytes']:.1f} |")
+                       f"| {dense['keras_bytes'] / row['sparse_bytes']:.2f} |")
     return "\n".join(out)
 
 

@@ -64,8 +64,11 @@ class Lookahead(keras.callbacks.Callback):
         self._average = None
 
     def _variables(self):
-        # Float weights only: augmentation layers hold integer seed states.
-        return [v for v in self.model.weights if "float" in str(v.dtype)]
+        # Float weights of the layers that train: augmentation layers hold
+        # integer seed states, and frozen layers (whitening filters, a
+        # distillation teacher) never change.
+        return [v for layer in models.leaf_layers(self.model) if layer.trainable
+                for v in layer.weights if "float" in str(v.dtype)]
 
     def _set_weights_to_average(self):
         for average, variable in zip(self._average, self._variables()):
@@ -169,30 +172,86 @@ def test_accuracy(model, test, batch_size=1000):
     return accuracy(model.predict(images, batch_size=batch_size, verbose=0), one_hot)
 
 
+def soften(probabilities, temperature):
+    """softmax(logits / T) from softmax(logits) (N, classes): log-probabilities
+    are the logits up to a per-row constant, which the softmax cancels."""
+    if temperature == 1:
+        return probabilities
+    log_probabilities = keras.ops.log(keras.ops.clip(probabilities, 1e-7, 1.0))
+    return keras.ops.softmax(log_probabilities / temperature, axis=-1)
+
+
+class Distillation(keras.Model):
+    """Trains `student` on its labels and on a frozen `teacher`'s probabilities
+    for the same augmented images (Hinton et al. 2015):
+
+        loss = (1 - weight) * CE(labels, student)
+               + weight * T**2 * CE(soften(teacher, T), soften(student, T))
+
+    CE(teacher, student) is KL(teacher || student) plus a constant; T**2 keeps
+    its gradients the same size at any temperature T. The labels' term is the
+    compiled loss (scaled by 1 - weight there); this model adds the teacher's
+    term while training. Called for inference it is the student.
+    """
+
+    def __init__(self, augment, student, teacher, weight, temperature=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.augment, self.student, self.teacher = augment, student, teacher
+        self.teacher.trainable = False
+        self.weight, self.temperature = weight, temperature
+
+    def call(self, images, training=False):
+        images = self.augment(images, training=training)
+        probabilities = self.student(images, training=training)
+        if training:
+            targets = keras.ops.stop_gradient(self.teacher(images, training=False))
+            self.add_loss(self.weight * self.temperature ** 2 * keras.ops.mean(
+                keras.losses.categorical_crossentropy(soften(targets, self.temperature),
+                                                      soften(probabilities, self.temperature))))
+        return probabilities
+
+
 def fine_tune(model, train, test, *, epochs, batch_size=512, peak_learning_rate=0.05,
               label_smoothing=0.2, max_shift=2 / 32, precision="mixed_bfloat16",
-              lookahead_start_epoch=1, seed=0, callbacks=(), verbose=2):
+              lookahead_start_epoch=1, teacher=None, distillation_weight=0.5,
+              distillation_temperature=1.0, seed=0, callbacks=(), verbose=2):
     """Briefly retrain a compressed model, with the reference model's recipe at a
     lower learning rate (the weights start close to a good solution), its
     lookahead averaging from epoch `lookahead_start_epoch` on.
 
     Trains a copy computing in `precision` through flip/translate augmentation,
     then copies the weights back into `model` (whose own policy is unchanged).
-    `callbacks` go to fit before the lookahead (e.g. `pruning.KeepPruned`,
-    which finds the copy's layers by name: the average then only ever sees
-    pruned weights at zero). Returns the per-epoch records.
+    With a `teacher` (e.g. the uncompressed model), a `distillation_weight`
+    share of the loss pulls the model's probabilities towards the teacher's at
+    `distillation_temperature` (see `Distillation`; the recorded losses are
+    then the labels' share, (1 - weight) * cross-entropy). `callbacks` go to
+    fit before the lookahead (e.g. `pruning.KeepPruned`, which finds the copy's
+    layers by name: the average then only ever sees pruned weights at zero).
+    Returns the per-epoch records.
     """
+    if teacher is not None and not 0 <= distillation_weight <= 1:
+        raise ValueError(f"distillation_weight must be in [0, 1], got {distillation_weight}")
     keras.utils.set_random_seed(seed)
     fast = models.with_precision(model, precision)
-    trainer = keras.Sequential([keras.Input(model.input_shape[1:]),
-                                models.augmentation(max_shift, seed=seed, dtype="float32"),
-                                fast])
+    augment = models.augmentation(max_shift, seed=seed, dtype="float32")
+    labels_loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+    if teacher is None:
+        trainer = keras.Sequential([keras.Input(model.input_shape[1:]), augment, fast])
+        loss = labels_loss
+    else:
+        # Renamed, so that callbacks finding the student's layers by name
+        # (KeepPruned) never meet the teacher's.
+        frozen = models.with_precision(teacher, precision, name_prefix="teacher_")
+        trainer = Distillation(augment, fast, frozen, distillation_weight,
+                               distillation_temperature)
+
+        def loss(labels, probabilities):
+            return (1 - distillation_weight) * labels_loss(labels, probabilities)
     steps = epochs * -(-len(train[0]) // batch_size)
     trainer.compile(
         optimizer=keras.optimizers.SGD(one_cycle(peak_learning_rate, steps), momentum=0.85,
                                        nesterov=True),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-        metrics=["accuracy"])
+        loss=loss, metrics=["accuracy"])
     records = []
     trainer.fit(*train, validation_data=test, epochs=epochs, batch_size=batch_size,
                 callbacks=[EpochRecorder(records.append), *callbacks,

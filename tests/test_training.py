@@ -1,10 +1,12 @@
 """Training helpers: the lookahead callback against the running-average formula by
-hand, and batch-norm re-estimation against numpy statistics."""
+hand, batch-norm re-estimation against numpy statistics, and the distillation
+loss against numpy cross-entropy."""
 
 import keras
 import numpy as np
+import pytest
 
-from common.training import Lookahead, recalibrate_batchnorm
+from common.training import Distillation, Lookahead, recalibrate_batchnorm
 
 
 class FakeOptimizer:
@@ -81,3 +83,51 @@ def test_recalibrate_batchnorm_sets_exact_mean_and_batch_variance():
     assert norm.momentum == 0.9
     for before, after in zip(kept, (dense.kernel, norm.gamma, norm.beta)):
         np.testing.assert_array_equal(before, keras.ops.convert_to_numpy(after))
+
+
+def softmax_net(seed):
+    """A batch-norm-free classifier: the same outputs in training and inference."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(),
+                             keras.layers.Dense(10, activation="softmax")])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_distillation_adds_the_teachers_cross_entropy_while_training(temperature):
+    student, teacher = softmax_net(0), softmax_net(1)
+    trainer = Distillation(keras.layers.Identity(), student, teacher, weight=0.3,
+                           temperature=temperature)
+    x = np.random.default_rng(0).normal(size=(6, 4, 4, 3)).astype("float32")
+    probabilities = keras.ops.convert_to_numpy(trainer(x, training=True))
+    p_student = keras.ops.convert_to_numpy(student(x)).astype("float64")
+    p_teacher = keras.ops.convert_to_numpy(teacher(x)).astype("float64")
+
+    def soften(p):  # softmax(logits / T) = p**(1/T), renormalised
+        p = p ** (1 / temperature)
+        return p / p.sum(axis=1, keepdims=True)
+    expected = 0.3 * temperature ** 2 * np.mean(
+        -np.sum(soften(p_teacher) * np.log(soften(p_student)), axis=1))
+    np.testing.assert_allclose(probabilities, p_student, rtol=1e-6)
+    np.testing.assert_allclose(float(trainer.losses[0]), expected, rtol=1e-5)
+    trainer(x, training=False)
+    assert not trainer.losses  # inference: the student alone, no extra loss
+
+
+def test_fine_tune_with_a_teacher_trains_the_student_only():
+    from common.pruning import KeepPruned, global_masks, kernels_of
+    from common.training import fine_tune
+    from conftest import tiny_classifier
+    student, teacher = tiny_classifier(0), tiny_classifier(1)
+    masks = global_masks(kernels_of(student), 0.8)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(size=(40, 32, 32, 3)).astype("float32")
+    y = np.eye(10, dtype="float32")[rng.integers(0, 10, 40)]
+    teacher_weights, before = teacher.get_weights(), kernels_of(student)
+    fine_tune(student, (x, y), (x, y), epochs=2, batch_size=8, peak_learning_rate=0.5,
+              teacher=teacher, callbacks=[KeepPruned(masks)], verbose=0)
+    for kept, now in zip(teacher_weights, teacher.get_weights()):
+        np.testing.assert_array_equal(kept, now)
+    kernels = kernels_of(student)
+    for name, mask in masks.items():
+        assert np.all(kernels[name][~mask] == 0)
+        assert not np.array_equal(kernels[name][mask], before[name][mask])
