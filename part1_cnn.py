@@ -145,12 +145,14 @@ def build_reference(config, train_images):
 def save_reference(classifier, config, entry, test, paths):
     """models/reference.keras in float32, and models/reference.json beside it."""
     from common import models
-    from common.training import accuracy, predict_flip_tta
+    from common.training import accuracy, predict_flip_tta, predict_flip_translate_tta
     model = models.export_reference(classifier, config["widths"])
     model.save(os.path.join(paths["models"], "reference.keras"))
     x_test, y_test = test
     info = {"test_accuracy": accuracy(model.predict(x_test, batch_size=1000, verbose=0), y_test),
             "test_accuracy_flip_tta": accuracy(predict_flip_tta(model, x_test), y_test),
+            "test_accuracy_flip_translate_tta": accuracy(
+                predict_flip_translate_tta(model, x_test), y_test),
             "training_seconds": round(sum(e["seconds"] for e in entry["epochs"]), 1),
             "config": config, **entry["meta"]}
     write_json(os.path.join(paths["models"], "reference.json"), info)
@@ -179,7 +181,8 @@ def run_experiment(name, config, train, test, paths, save_results):
     if name == "reference":
         info = save_reference(classifier, config, entry, test, paths)
         print(f"reference: {info['test_accuracy']:.4f} test accuracy "
-              f"({info['test_accuracy_flip_tta']:.4f} with flip TTA), "
+              f"({info['test_accuracy_flip_tta']:.4f} with flip TTA, "
+              f"{info['test_accuracy_flip_translate_tta']:.4f} with flip + translate TTA), "
               f"{info['training_seconds']:.0f} s of training")
     else:
         classifier.save(os.path.join(paths["models"], f"part1_{name}.keras"))

@@ -161,6 +161,19 @@ def predict_flip_tta(model, images, batch_size=1000):
     return (plain + mirrored) / 2
 
 
+def predict_flip_translate_tta(model, images, batch_size=1000):
+    """airbench94's test-time augmentation (its `tta_level=2`), six views per
+    image: the flip-TTA prediction of the images (weight 1/2) and of the images
+    shifted by one pixel diagonally, each way, with reflected borders (1/4
+    each). airbench averages logits; this averages the softmax outputs.
+    images (N, H, W, C) -> probabilities (N, classes)."""
+    h, w = images.shape[1:3]
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    shifted = (padded[:, :h, :w], padded[:, 2:, 2:])                # each (N, H, W, C)
+    return (predict_flip_tta(model, images, batch_size) / 2
+            + sum(predict_flip_tta(model, view, batch_size) for view in shifted) / 4)
+
+
 def accuracy(probabilities, one_hot):
     """Fraction of rows whose arg-max matches the one-hot label."""
     return float(np.mean(np.argmax(probabilities, 1) == np.argmax(one_hot, 1)))

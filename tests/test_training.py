@@ -1,12 +1,14 @@
 """Training helpers: the lookahead callback against the running-average formula by
-hand, batch-norm re-estimation against numpy statistics, and the distillation
-loss against numpy cross-entropy."""
+hand, batch-norm re-estimation against numpy statistics, the distillation
+loss against numpy cross-entropy, and test-time augmentation against views
+built by index."""
 
 import keras
 import numpy as np
 import pytest
 
-from common.training import Distillation, Lookahead, recalibrate_batchnorm
+from common.training import (Distillation, Lookahead, predict_flip_translate_tta,
+                             recalibrate_batchnorm)
 
 
 class FakeOptimizer:
@@ -131,3 +133,26 @@ def test_fine_tune_with_a_teacher_trains_the_student_only():
     for name, mask in masks.items():
         assert np.all(kernels[name][~mask] == 0)
         assert not np.array_equal(kernels[name][mask], before[name][mask])
+
+
+def test_flip_translate_tta_weights_six_views_as_airbench():
+    rng = np.random.default_rng(0)
+    images = rng.random((4, 5, 6, 2)).astype(np.float32)  # not square: rows and columns stay apart
+    model = keras.Sequential([keras.Input((5, 6, 2)), keras.layers.Flatten(),
+                              keras.layers.Dense(3, activation="softmax")])
+
+    def reflect(index, size):  # -1 -> 1 and size -> size - 2, as reflect padding does
+        return np.abs(size - 1 - np.abs(size - 1 - index))
+
+    def shifted(step):  # view[i, j] = images[i + step, j + step], borders reflected
+        rows, cols = reflect(np.arange(5) + step, 5), reflect(np.arange(6) + step, 6)
+        return images[:, rows][:, :, cols]
+
+    def predict(x):
+        return keras.ops.convert_to_numpy(model(x))
+
+    views = [images, shifted(-1), shifted(1)]
+    expected = sum(weight * (predict(view) + predict(view[:, :, ::-1]))
+                   for weight, view in zip((1 / 4, 1 / 8, 1 / 8), views))
+    np.testing.assert_allclose(predict_flip_translate_tta(model, images, batch_size=3),
+                               expected, atol=1e-6)
