@@ -18,6 +18,10 @@ def set_seed(seed):
         tf.config.experimental.enable_op_determinism()
 
 
+def _float_or_none(value):
+    return None if value is None else float(value)
+
+
 class EpochRecorder(keras.callbacks.Callback):
     """Turn each epoch's logs into a record and hand it to `on_record`.
 
@@ -38,8 +42,9 @@ class EpochRecorder(keras.callbacks.Callback):
             "epoch": epoch + 1,
             "train_accuracy": float(logs["accuracy"]),
             "train_loss": float(logs["loss"]),
-            "test_accuracy": float(logs["val_accuracy"]),
-            "test_loss": float(logs["val_loss"]),
+            # None on epochs that skipped the test evaluation (fit_resumable's test_every)
+            "test_accuracy": _float_or_none(logs.get("val_accuracy")),
+            "test_loss": _float_or_none(logs.get("val_loss")),
             "seconds": round(time.perf_counter() - self._start, 2),
         })
 
@@ -120,9 +125,10 @@ def merge_epoch(epochs, record):
 
 
 def fit_resumable(model, train, test, *, epochs, batch_size, backup_dir,
-                  on_record, callbacks=(), verbose=2):
+                  on_record, callbacks=(), test_every=1, verbose=2):
     """Fit `model` (compiled, with an accuracy metric), evaluating on `test` after
-    every epoch; resume from `backup_dir` if an earlier run left a backup there.
+    every `test_every`-th epoch and the last; resume from `backup_dir` if an
+    earlier run left a backup there.
 
     Parameters
     ----------
@@ -137,8 +143,9 @@ def fit_resumable(model, train, test, *, epochs, batch_size, backup_dir,
     """
     callbacks = [*callbacks, EpochRecorder(on_record),
                  keras.callbacks.BackupAndRestore(backup_dir)]
-    model.fit(*train, validation_data=test, epochs=epochs, batch_size=batch_size,
-              shuffle=True, callbacks=callbacks, verbose=verbose)
+    test_epochs = sorted({*range(test_every, epochs + 1, test_every), epochs})  # 1-based
+    model.fit(*train, validation_data=test, validation_freq=test_epochs, epochs=epochs,
+              batch_size=batch_size, shuffle=True, callbacks=callbacks, verbose=verbose)
     return model
 
 
