@@ -49,8 +49,8 @@ REFERENCE = {
     # images/s of 256 (396 vs 199 img/s), which buys the 10 epochs in < 30 min.
     "widths": [64, 192, 192],
     # airbench94 trains 9.9; more make up for width 192 and the JPEG copy's
-    # lost detail. This CPU runs epochs at ~90 s or ~125 s (two speeds, at
-    # random): 15 fit 30 min unless 12 of them are slow.
+    # lost detail. This CPU runs an epoch in ~95 s or ~145 s (two speeds, at
+    # random): 15 fit in 30 min with up to 8 slow ones (27.9 min measured).
     "epochs": 15,
     "batch_size": 512,          # large batches keep both CPU cores busy
     "optimizer": "sgd_nesterov",
