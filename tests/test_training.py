@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from common.training import (Distillation, Lookahead, predict_flip_translate_tta,
-                             recalibrate_batchnorm)
+from common.training import (Distillation, Lookahead, fit_resumable,
+                             predict_flip_translate_tta, recalibrate_batchnorm)
 
 
 class FakeOptimizer:
@@ -156,3 +156,17 @@ def test_flip_translate_tta_weights_six_views_as_airbench():
                    for weight, view in zip((1 / 4, 1 / 8, 1 / 8), views))
     np.testing.assert_allclose(predict_flip_translate_tta(model, images, batch_size=3),
                                expected, atol=1e-6)
+
+
+def test_fit_resumable_tests_every_nth_epoch_and_the_last(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 3)).astype(np.float32)
+    y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 8)]
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer="sgd", loss="categorical_crossentropy", metrics=["accuracy"])
+    records = []
+    fit_resumable(model, (x, y), (x, y), epochs=5, batch_size=4, test_every=2,
+                  backup_dir=str(tmp_path / "backup"), on_record=records.append, verbose=0)
+    tested = [r["epoch"] for r in records if r["test_accuracy"] is not None]
+    assert tested == [2, 4, 5]
+    assert all(r["test_loss"] is None for r in records if r["epoch"] not in tested)
