@@ -41,7 +41,14 @@ _ALLOWED_GLOBALS = {
 
 
 class DataError(ValueError):
-    """A CIFAR-10 file or folder that is missing, unreadable or malformed."""
+    """A CIFAR-10 file or folder that is missing, unreadable or malformed.
+
+    The message is always one line: texts of wrapped exceptions (pickle's
+    among them) can hold newlines, and the CLI prints this as its one error line.
+    """
+
+    def __init__(self, message):
+        super().__init__(" ".join(str(message).split()))
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
