@@ -130,23 +130,32 @@ def accuracy_after(model, test, *steps):
         model.set_weights(saved)
 
 
-def sparsity_curve(model, test, kind, sparsities, recalibration_images):
+def sparsity_curve(model, test, kind, sparsities, recalibration_images, curve=None,
+                   save=lambda: None):
     """Test accuracy (as pruned, and with batch norm re-estimated) and non-zero
-    weights against overall sparsity, global or uniform."""
+    weights against overall sparsity, global or uniform.
+
+    `curve` is filled in place, a sparsity at a time, with `save` called after
+    each; a curve of the same sparsities resumes after its last measured one.
+    """
     from common import measure, pruning
     from common.training import recalibrate_batchnorm
 
     def recalibrate(model):
         recalibrate_batchnorm(model, recalibration_images)
-    curve = {"sparsity": list(sparsities), "test_accuracy": [],
-             "test_accuracy_recalibrated": [], "nonzero_params": []}
-    for s in sparsities:
+    columns = ("test_accuracy", "test_accuracy_recalibrated", "nonzero_params")
+    curve = {} if curve is None else curve
+    if curve.get("sparsity") != list(sparsities) or any(c not in curve for c in columns):
+        curve.clear()
+        curve.update({"sparsity": list(sparsities), **{c: [] for c in columns}})
+    for s in sparsities[len(curve["test_accuracy_recalibrated"]):]:
         with pruning.pruned(model, masks_at(model, kind, s)):
-            curve["test_accuracy"].append(evaluate(model, test))
-            curve["test_accuracy_recalibrated"].append(accuracy_after(model, test, recalibrate))
-            curve["nonzero_params"].append(measure.count_nonzero_params(model))
-        print(f"{kind} {s:.2f}: {curve['test_accuracy'][-1]:.4f}, "
-              f"{curve['test_accuracy_recalibrated'][-1]:.4f} batch norm re-estimated")
+            row = (evaluate(model, test), accuracy_after(model, test, recalibrate),
+                   measure.count_nonzero_params(model))
+        for column, value in zip(columns, row):
+            curve[column].append(value)
+        print(f"{kind} {s:.2f}: {row[0]:.4f}, {row[1]:.4f} batch norm re-estimated")
+        save()
     return curve
 
 
@@ -280,11 +289,8 @@ def main(argv=None):
     layer_sensitivity(model, test, args.layers or names, args.rates,
                       results.setdefault("layer_sensitivity", {}), save)
     for kind in ("global", "uniform"):
-        curve = results.get(kind, {})
-        if curve.get("sparsity") != list(SPARSITIES) or "test_accuracy_recalibrated" not in curve:
-            results[kind] = sparsity_curve(model, test, kind, SPARSITIES,
-                                           train[0][:RECALIBRATION_IMAGES])
-            save()
+        sparsity_curve(model, test, kind, SPARSITIES, train[0][:RECALIBRATION_IMAGES],
+                       results.setdefault(kind, {}), save)
 
     if args.fine_tune_epochs:
         wanted = fine_tune_settings(args)

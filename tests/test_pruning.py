@@ -117,6 +117,22 @@ def test_sparsity_curve_leaves_every_weight_as_it_was():
         np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
 
 
+def test_sparsity_curve_resumes_after_its_last_measured_sparsity():
+    model = tiny_classifier()
+    images = np.random.default_rng(0).uniform(size=(8, 32, 32, 3)).astype("float32")
+    test = (images, np.eye(10, dtype="float32")[np.arange(8) % 10])
+    full = part2_prune.sparsity_curve(model, test, "uniform", [0.5, 0.9], images)
+    # As an interrupted run leaves it: 0.5 measured (with a marker value), 0.9 not.
+    partial = {key: values[:1] for key, values in full.items()}
+    partial["sparsity"] = [0.5, 0.9]
+    partial["test_accuracy"] = [-1.0]
+    saves = []
+    resumed = part2_prune.sparsity_curve(model, test, "uniform", [0.5, 0.9], images,
+                                         partial, lambda: saves.append(1))
+    assert resumed is partial and len(saves) == 1
+    assert resumed["test_accuracy"] == [-1.0, full["test_accuracy"][1]]
+    assert resumed["nonzero_params"] == full["nonzero_params"]
+
 
 def run(argv):
     return cli.run_main(part2_prune.main, argv)
