@@ -43,15 +43,17 @@ REFIT_IMAGES = 2_000
 # between the knee of the global curve (80%) and the target (90%).
 FINE_TUNE_SPARSITIES = (0.5, 0.8, 0.85, 0.9, 0.95)
 FINE_TUNE_EPOCHS = 3              # the target: 90% sparse within 1 point in <= 3 epochs
-# One-cycle peak (the reference trained at 0.75). At 90%, each probed once
-# (this CPU / a GPU): 0.05 -> 87.6 / 87.7%, 0.15 -> 87.6 / 87.8%; batch 128
-# at 0.075 -> 87.5% (CPU). All without distillation (below).
+# One-cycle peak (the reference trained at 0.75). Probed once each at 90% on
+# the previous (89.32%) reference, this CPU / a GPU: 0.05 -> 87.6 / 87.7%,
+# 0.15 -> 87.6 / 87.8%; batch 128 at 0.075 -> 87.5% (CPU). All without
+# distillation (below).
 FINE_TUNE_LEARNING_RATE = 0.15
 FINE_TUNE_BATCH_SIZE = 512
 # Share of the loss that pulls the pruned model's probabilities towards the
 # dense model's on the same augmented images (training.Distillation); the
 # rest is the labels'. A dense model's probabilities say more per image than
-# a label, and three epochs are short of images. At 90%, one run each:
+# a label, and three epochs are short of images. At 90%, one run each (same
+# previous reference):
 # 0 -> 87.62%, 0.5 -> 87.98%, 0.9 -> 88.13%, 1 -> 87.80% (temperature 4:
 # 87.79%; a flip-averaged teacher: 87.96%; peak lr 0.3: 87.47%; batch 256:
 # 87.84%).
