@@ -180,7 +180,7 @@ def plot_global_vs_uniform(results, path):
 
 
 def plot_finetune(results, path):
-    """Part 2: accuracy of globally pruned models before and after fine-tuning with fixed masks."""
+    """Part 2: accuracy of globally pruned models before and after fine-tuning."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     rows = results["finetune"]
     sparsity = [100 * r["sparsity"] for r in rows]
@@ -192,8 +192,9 @@ def plot_finetune(results, path):
         ax.plot(sparsity, [r["test_accuracy_refitted"] for r in rows], "D-",
                 label="kept weights refitted by least squares (no training)")
     distilled = " + distillation" if rows[0].get("distillation_weight") else ""
+    masks = ", pruned gradually" if rows[0].get("gradual") else ", masks fixed"
     ax.plot(sparsity, [r["test_accuracy_after"] for r in rows], "^-",
-            label=f"fine-tuned {rows[0]['epochs']} epochs{distilled}, masks fixed")
+            label=f"fine-tuned {rows[0]['epochs']} epochs{distilled}{masks}")
     dense = results["dense_test_accuracy"]
     ax.axhline(dense, color="k", ls="--", lw=0.8, label="unpruned")
     ax.axhspan(dense - 0.01, dense, color="k", alpha=0.08, label="within 1 point")

@@ -178,6 +178,56 @@ class KeepPruned(keras.callbacks.Callback):
         apply_masks(self.model, self.masks)
 
 
+class GradualPruning(KeepPruned):
+    """Global magnitude pruning that tightens while the model trains (Zhu &
+    Gupta 2017): the sparsity rises from `initial_sparsity` to `final_sparsity`
+    on a cubic schedule over the first `ramp_steps` steps, the masks re-chosen
+    from the current kernels every `every` steps, then fixed.
+
+    The kept weights adapt while their neighbours go, instead of all the loss
+    landing at once. A weight once pruned stays zero (the zeros are always the
+    smallest magnitudes), so the masks only shrink. `layer_names` are the
+    layers pruned together (e.g. those of `prunable_layers(model)`): the model
+    being fit may hold others, such as a distillation teacher's.
+    """
+
+    def __init__(self, layer_names, final_sparsity, ramp_steps, initial_sparsity=0.0,
+                 every=5):
+        super().__init__(masks={})
+        for name, value in (("initial_sparsity", initial_sparsity),
+                            ("final_sparsity", final_sparsity)):
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if initial_sparsity > final_sparsity:
+            raise ValueError(f"initial_sparsity {initial_sparsity} is above "
+                             f"final_sparsity {final_sparsity}")
+        if ramp_steps < 0 or every < 1:
+            raise ValueError(f"need ramp_steps >= 0 and every >= 1, got {ramp_steps}, {every}")
+        self.layer_names = set(layer_names)
+        self.initial, self.final = initial_sparsity, final_sparsity
+        self.ramp_steps, self.every = ramp_steps, every
+
+    def sparsity_at(self, step):
+        """final + (initial - final) * (1 - step / ramp_steps)**3: fast at first,
+        while many small weights are left, slow near the end."""
+        done = 1.0 if step >= self.ramp_steps else step / self.ramp_steps
+        return self.final + (self.initial - self.final) * (1 - done) ** 3
+
+    def _choose_masks(self, step):
+        self.masks = global_masks(kernels_of(self.model, self.layer_names),
+                                  self.sparsity_at(step))
+
+    def on_train_begin(self, logs=None):
+        self._choose_masks(int(self.model.optimizer.iterations))
+        super().on_train_begin(logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations)
+        if step <= self.ramp_steps and (step % self.every == 0 or step == self.ramp_steps):
+            self._choose_masks(step)
+        super().on_train_batch_end(batch, logs)
+
+
 def sparsity(model):
     """Fraction of the prunable kernels' weights that are exactly zero."""
     kernels = kernels_of(model)

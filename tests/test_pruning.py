@@ -97,6 +97,53 @@ def test_masks_survive_fine_tuning_with_lookahead():
         assert not np.array_equal(kernels[name][mask], before[name][mask])  # it trained
 
 
+def test_gradual_schedule_is_cubic_from_initial_to_final():
+    schedule = pruning.GradualPruning(["conv1"], final_sparsity=0.9, ramp_steps=10,
+                                      initial_sparsity=0.5)
+    # 0.9 - 0.4 * (1 - t)**3 at t = 0, 0.5, 1 and past the ramp
+    assert schedule.sparsity_at(0) == pytest.approx(0.5)
+    assert schedule.sparsity_at(5) == pytest.approx(0.9 - 0.4 / 8)
+    assert schedule.sparsity_at(10) == pytest.approx(0.9)
+    assert schedule.sparsity_at(25) == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("kwargs", [dict(final_sparsity=1.0, ramp_steps=4),
+                                    dict(final_sparsity=0.5, ramp_steps=4, initial_sparsity=0.6),
+                                    dict(final_sparsity=0.5, ramp_steps=4, every=0)])
+def test_gradual_pruning_refuses_bad_settings(kwargs):
+    with pytest.raises(ValueError):
+        pruning.GradualPruning(["conv1"], **kwargs)
+
+
+def test_gradual_pruning_only_ever_adds_zeros_and_ends_at_the_final_sparsity():
+    model = tiny_classifier()
+    names = ["conv1", "conv3", "head"]  # conv2 is left dense
+    dense_conv2 = pruning.kernels_of(model, {"conv2"})["conv2"]
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "categorical_crossentropy")
+    rng = np.random.default_rng(4)
+    x = rng.uniform(size=(48, 32, 32, 3)).astype("float32")
+    y = np.eye(10, dtype="float32")[rng.integers(0, 10, 48)]
+    zeros_after_step = []
+    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: (
+        zeros_after_step.append({n: k == 0 for n, k in pruning.kernels_of(model, names).items()})))
+    # 6 steps an epoch, 3 epochs: the ramp (8 steps, masks every 3) ends in epoch 2
+    schedule = pruning.GradualPruning(names, final_sparsity=0.8, ramp_steps=8,
+                                      initial_sparsity=0.3, every=3)
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[schedule, record])
+    total = sum(zeros_after_step[0][n].size for n in names)
+    counts = [sum(int(z[n].sum()) for n in names) for z in zeros_after_step]
+    # steps 1..18; masks chosen at 0 (0.3), 3, 6 and 8 (0.8), then fixed
+    assert counts[0] == round(0.3 * total)
+    assert counts[2] == round(schedule.sparsity_at(3) * total)
+    assert all(c == round(0.8 * total) for c in counts[7:])
+    for earlier, later in zip(zeros_after_step, zeros_after_step[1:]):
+        for n in names:
+            assert np.all(later[n][earlier[n]])  # a pruned weight stays pruned
+    np.testing.assert_array_equal(zeros_after_step[7]["conv1"], zeros_after_step[-1]["conv1"])
+    assert not np.array_equal(pruning.kernels_of(model, {"conv2"})["conv2"], dense_conv2)
+    assert np.all(pruning.kernels_of(model, {"conv2"})["conv2"] != 0)
+
+
 def test_sparse_format_is_smaller_for_a_sparse_model():
     model = tiny_classifier()
     dense = pruning.sparse_bytes(model)
@@ -176,7 +223,7 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch)
     (row,) = results["finetune"]
     assert row["measured_sparsity"] == pytest.approx(0.9, abs=1e-3)
     assert {"test_accuracy_recalibrated", "test_accuracy_refitted", "peak_learning_rate",
-            "batch_size"} <= set(row)
+            "batch_size", "gradual"} <= set(row)
     assert results["sizes"][1]["sparse_bytes"] < results["sizes"][0]["sparse_bytes"]
     for name in ("layer_sensitivity", "global_vs_uniform", "finetune"):
         assert (tmp_path / "figures" / f"part2_{name}.png").read_bytes().startswith(b"\x89PNG")
