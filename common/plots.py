@@ -9,6 +9,13 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 CHANCE = 0.1  # ten balanced classes
 
 
+def _finish(fig, ax, path, **legend):
+    """Grid, legend and save: how every single-panel figure ends."""
+    ax.grid(alpha=0.3)
+    ax.legend(**legend)
+    return _save(fig, path)
+
+
 def _save(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -92,9 +99,7 @@ def plot_reconstruction_vs_rank(reconstruction, path):
     ax.set(xlabel="rank", ylabel="relative error  ||W - Ŵ|| / ||W||", ylim=(0, None),
            title=f"Tucker-2 reconstruction error, layer {reconstruction['layer']} "
                  f"{tuple(reconstruction['kernel_shape'])}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
+    return _finish(fig, ax, path)
 
 
 def _sweep_xy(sweep, key):
@@ -119,9 +124,7 @@ def plot_accuracy_vs_k(results, path):
     ax.axhline(results["original"]["test_accuracy"], color="k", ls="--", label="original")
     ax.set(xlabel="k  (R1 = c·k/8, R2 = f·k/8)", ylabel="test accuracy",
            title="Accuracy after Tucker-2 decomposition", xticks=range(1, 9))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
+    return _finish(fig, ax, path)
 
 
 def plot_forward_time_vs_k(results, path):
@@ -138,9 +141,7 @@ def plot_forward_time_vs_k(results, path):
            ylabel=f"seconds per pass over {results['timing']['images']} test images",
            title=f"Forward time (batch {results['timing']['batch_size']}, "
                  f"{results['timing']['repeats']} repeats)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
+    return _finish(fig, ax, path)
 
 
 def plot_layer_sensitivity(results, path):
@@ -155,9 +156,7 @@ def plot_layer_sensitivity(results, path):
     ax.axhline(CHANCE, color="grey", ls=":", lw=0.8, label="chance")
     ax.set(xlabel="weights of that layer pruned (%)", ylabel="test accuracy", ylim=(0, 1),
            title="Pruning one layer at a time, no retraining (depth order: 1 = input side)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
-    return _save(fig, path)
+    return _finish(fig, ax, path, fontsize=7, loc="lower left")
 
 
 def plot_global_vs_uniform(results, path):
@@ -174,9 +173,7 @@ def plot_global_vs_uniform(results, path):
     ax.axhline(results["dense_test_accuracy"], color="k", ls="--", lw=0.8, label="unpruned")
     ax.set(xlabel="weights pruned overall (%)", ylabel="test accuracy", ylim=(0, 1),
            title="Global vs uniform magnitude pruning, no retraining")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
+    return _finish(fig, ax, path)
 
 
 def plot_finetune(results, path):
@@ -200,9 +197,7 @@ def plot_finetune(results, path):
     ax.axhspan(dense - 0.01, dense, color="k", alpha=0.08, label="within 1 point")
     ax.set(xlabel="weights pruned overall (%, global threshold)", ylabel="test accuracy",
            ylim=(0, 1), title="Fine-tuning recovers pruned accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
-    return _save(fig, path)
+    return _finish(fig, ax, path, loc="lower left")
 
 
 def plot_compression_tradeoff(part2, part3, path):

@@ -70,6 +70,17 @@ def batch_folder(tmp_path, tiny_cifar):
     return dest
 
 
+def argparse_error(main, argv, capsys):
+    """Call a script's `main` with bad options; it must exit with status 2 and a
+    one-line message on stderr. Returns that line."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2, info.value.code
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
 def tiny_classifier(seed=0):
     """A small functional CIFAR-10 classifier with BN, a stride-2 conv and a 16->32 conv."""
     import keras

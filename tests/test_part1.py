@@ -8,6 +8,7 @@ import pytest
 
 import part1_cnn
 from common import cli
+from tests.conftest import argparse_error
 
 FAST = ["--train-limit", "60", "--batch-size", "30"]
 
@@ -111,11 +112,7 @@ def test_plot_only_without_results_exits_2(tmp_path, capsys):
     (["--experiments", "resnet"], "invalid choice"),
 ])
 def test_bad_cli_values_exit_2_with_one_line(argv, message, capsys):
-    with pytest.raises(SystemExit) as info:
-        part1_cnn.main(argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
+    assert message in argparse_error(part1_cnn.main, argv, capsys)
 
 
 def test_bad_data_exits_2_with_one_line(tmp_path, capsys):

@@ -9,7 +9,7 @@ import pytest
 import part2_prune
 from common import cli, pruning
 from common.results import write_json
-from tests.conftest import tiny_classifier
+from tests.conftest import argparse_error, tiny_classifier
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.1, 0.25, 0.5, 0.9, 0.99])
@@ -192,10 +192,7 @@ def run(argv):
     (["--fine-tune-epochs", "x"], "is not an integer"),
 ])
 def test_bad_cli_values_exit_2(argv, message, capsys):
-    with pytest.raises(SystemExit) as info:
-        part2_prune.main(argv)
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert message in argparse_error(part2_prune.main, argv, capsys)
 
 
 def test_unknown_layer_and_missing_model_exit_2(tmp_path, tiny_model_file, capsys):

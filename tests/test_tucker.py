@@ -11,7 +11,7 @@ from keras import layers
 import part3_tucker
 from common import cli, tucker
 from common.results import write_json
-from tests.conftest import tiny_classifier
+from tests.conftest import argparse_error, tiny_classifier
 
 
 def ranks_for(k):
@@ -137,10 +137,7 @@ def run(argv):
     (["--fine-tune", "-1"], "must be at least 0"),
 ])
 def test_bad_k_exits_2_with_one_line(argv, message, capsys):
-    with pytest.raises(SystemExit) as info:
-        part3_tucker.main(argv)
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert message in argparse_error(part3_tucker.main, argv, capsys)
 
 
 def test_bad_model_and_layer_exit_2(tmp_path, tiny_model_file, capsys):
