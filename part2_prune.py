@@ -61,9 +61,9 @@ FINE_TUNE_DISTILLATION_WEIGHT = 0.9
 # Gradual pruning inside the fine-tuning (pruning.GradualPruning): it starts
 # from twice the final share of weights (90% sparse starts at 80%) and prunes
 # the rest over the first half epoch, masks re-chosen every 5 steps. At 90%
-# on the reference: one-shot 87.74%; this schedule 88.01% (twice; seed 1:
-# 87.84%); from 80% over a whole epoch 87.82%; from 70% over half an epoch
-# 87.81%; from 50% over epoch 1, 87.95%; from 50% over two epochs, 87.83%.
+# on the reference: one-shot 87.74%; this schedule 88.01% (seeds 0-4: mean
+# 87.88%, sd 0.14); from 80% over a whole epoch 87.82%; from 70% over half an
+# epoch 87.81%; from 50% over epoch 1, 87.95%; from 50% over two epochs, 87.83%.
 # At 95% it gave 86.57% (one-shot 86.20%); at 50-85%, within 0.12 of
 # one-shot either way. More probes: README, Part 2 results.
 FINE_TUNE_START_KEPT_FACTOR = 2
