@@ -21,7 +21,7 @@ import shutil
 
 # TensorFlow is imported inside the functions that need it, so that --help and
 # --plot-only answer at once.
-from common import cli
+from common import cli, precision
 from common.results import read_json, run_metadata, write_json
 
 # ---- configuration ---------------------------------------------------------
@@ -66,10 +66,11 @@ REFERENCE = {
     # (a reparametrisation, models.ScaledShift; the saved model is plain BN).
     "bn_shift_lr_multiplier": 64,
     "max_shift": 2 / 32,        # translate up to 2 pixels, and flip
-    # bf16 compute, float32 weights: 2x the speed on CPUs with avx512_bf16 or AMX
-    # and on GPUs; pixels and the whitening layer stay float32, and so does the
-    # saved model.
-    "precision": "mixed_bfloat16",
+    # --precision, "auto" by default: bf16 compute, float32 weights where the
+    # hardware has bfloat16 units (CPUs with avx512_bf16 or AMX, GPUs from
+    # Ampere on), else float32 (common/precision.py); pixels and the whitening
+    # layer stay float32, and so does the saved model.
+    "precision": "auto",
     "batchnorm_epsilon": 1e-5,  # not Keras' 1e-3; see models.reference_cnn
     # airbench94's lookahead: from epoch 3, every 5 steps the weights move to
     # their running average, whose memory grows as training ends.
@@ -98,6 +99,8 @@ def experiment_config(name, args):
     config.update(epochs=args.epochs or config["epochs"],
                   batch_size=args.batch_size or config.get("batch_size", BATCH_SIZE),
                   train_limit=args.train_limit, seed=args.seed)
+    if "precision" in config:  # recorded as the policy it resolves to on this machine
+        config["precision"] = precision.resolve(args.precision)
     config.setdefault("optimizer", "adam")
     config.setdefault("loss", "categorical_crossentropy")
     return config

@@ -225,7 +225,9 @@ def fine_tune_at(model_path, sparsity, train, test, args, models_dir):
 
 def fine_tune_settings(args):
     """What a fine-tuning row was made with; a stored row with other settings is redone."""
+    from common import precision
     return {"epochs": args.fine_tune_epochs,
+            "precision": precision.resolve(args.precision),
             "batch_size": args.batch_size or FINE_TUNE_BATCH_SIZE,
             "peak_learning_rate": FINE_TUNE_LEARNING_RATE,
             "distillation_weight": FINE_TUNE_DISTILLATION_WEIGHT,

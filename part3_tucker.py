@@ -123,7 +123,7 @@ def main(argv=None):
         plot_figures(results, paths["figures"])
         return 0
 
-    from common import measure, models, training, tucker
+    from common import measure, models, precision, training, tucker
     from common.data import load_cifar10, preprocess
     from common.inference import fold_batchnorm
     model_path = args.model or os.path.join(args.output_dir, DEFAULT_MODEL)
@@ -153,10 +153,12 @@ def main(argv=None):
     print_row("original", original_row["test_accuracy"], original_row["params"],
               original_row["flops"])
     sweep = {row["k"]: row for row in results.get("sweep", [])}
+    fine_tune_precision = precision.resolve(args.precision) if args.fine_tune else None
     decomposed = {}
     for k in args.k or K_VALUES:
         model_file = os.path.join(paths["models"], f"tucker_k{k}.keras")
         done = k in sweep and sweep[k]["fine_tune_epochs"] == args.fine_tune \
+            and sweep[k].get("fine_tune_precision") == fine_tune_precision \
             and os.path.exists(model_file)
         if done and "test_accuracy_recalibrated" in sweep[k]:
             print(f"k={k}: done, reusing {model_file}; --force redoes it")
@@ -170,7 +172,8 @@ def main(argv=None):
             continue
         row = {"k": k, "ranks": ranks, "test_accuracy": training.test_accuracy(model, test),
                "params": measure.count_params(model), "flops": measure.count_flops(model),
-               "fine_tune_epochs": args.fine_tune, "fine_tuned_test_accuracy": None}
+               "fine_tune_epochs": args.fine_tune, "fine_tune_precision": fine_tune_precision,
+               "fine_tuned_test_accuracy": None}
         # Fine-tuning (if any) starts from the re-estimated statistics.
         row["test_accuracy_recalibrated"] = recalibrate_and_test(model, test,
                                                                   recalibration_images)
@@ -180,7 +183,8 @@ def main(argv=None):
             row["fine_tune_records"] = training.fine_tune(
                 model, train, test, epochs=args.fine_tune,
                 batch_size=args.batch_size or FINE_TUNE_BATCH_SIZE,
-                peak_learning_rate=FINE_TUNE_LEARNING_RATE, seed=args.seed)
+                peak_learning_rate=FINE_TUNE_LEARNING_RATE, precision=fine_tune_precision,
+                seed=args.seed)
             row["fine_tuned_test_accuracy"] = training.test_accuracy(model, test)
             print(f"{'':>10}  after {args.fine_tune} epochs of fine-tuning: "
                   f"acc {row['fine_tuned_test_accuracy']:.4f}")

@@ -4,6 +4,8 @@ import argparse
 import os
 import sys
 
+from common.precision import PRECISIONS
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -73,6 +75,11 @@ def make_parser(description, epilog=None, epochs=True):
                         help="override the batch size")
     parser.add_argument("--train-limit", type=positive_int, metavar="N",
                         help="train on the first N training images only (quick runs)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="compute precision of the reference model's training and of "
+                             "fine-tuning (Part 1's steps 4-7 stay float32): auto is "
+                             "mixed_bfloat16 where the hardware has bfloat16 units, else "
+                             "float32 (default: %(default)s; see common/precision.py)")
     parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="random seed for weights, shuffling and augmentation "
                              "(default: %(default)s)")

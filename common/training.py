@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from common import models
+from common.precision import resolve as resolve_precision
 
 
 def set_seed(seed):
@@ -232,15 +233,16 @@ class Distillation(keras.Model):
 
 
 def fine_tune(model, train, test, *, epochs, batch_size=512, peak_learning_rate=0.05,
-              label_smoothing=0.2, max_shift=2 / 32, precision="mixed_bfloat16",
+              label_smoothing=0.2, max_shift=2 / 32, precision="auto",
               lookahead_start_epoch=1, teacher=None, distillation_weight=0.5,
               distillation_temperature=1.0, seed=0, callbacks=(), verbose=2):
     """Briefly retrain a compressed model, with the reference model's recipe at a
     lower learning rate (the weights start close to a good solution), its
     lookahead averaging from epoch `lookahead_start_epoch` on.
 
-    Trains a copy computing in `precision` through flip/translate augmentation,
-    then copies the weights back into `model` (whose own policy is unchanged).
+    Trains a copy computing in `precision` (a Keras policy, or "auto": see
+    `common.precision.resolve`) through flip/translate augmentation, then
+    copies the weights back into `model` (whose own policy is unchanged).
     With a `teacher` (e.g. the uncompressed model), a `distillation_weight`
     share of the loss pulls the model's probabilities towards the teacher's at
     `distillation_temperature` (see `Distillation`; the recorded losses are
@@ -252,6 +254,7 @@ def fine_tune(model, train, test, *, epochs, batch_size=512, peak_learning_rate=
     if teacher is not None and not 0 <= distillation_weight <= 1:
         raise ValueError(f"distillation_weight must be in [0, 1], got {distillation_weight}")
     keras.utils.set_random_seed(seed)
+    precision = resolve_precision(precision)
     fast = models.with_precision(model, precision)
     augment = models.augmentation(max_shift, seed=seed, dtype="float32")
     labels_loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)

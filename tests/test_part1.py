@@ -21,6 +21,14 @@ def test_importing_the_script_runs_nothing(tmp_path):
     assert not (tmp_path / "results").exists()  # import happened above; nothing written here
 
 
+@pytest.mark.parametrize("option, expected", [("float32", "float32"),
+                                               ("mixed_bfloat16", "mixed_bfloat16")])
+def test_precision_applies_to_the_reference_only(option, expected):
+    args = part1_cnn.parse_args(["--precision", option])
+    assert part1_cnn.experiment_config("reference", args)["precision"] == expected
+    assert "precision" not in part1_cnn.experiment_config("baseline", args)  # float32
+
+
 def test_tiny_run_writes_figure_json_and_model(tiny_cifar, tmp_path):
     out = str(tmp_path)
     assert run(["--data-dir", tiny_cifar[0], "--output-dir", out, "--epochs", "1",
@@ -110,6 +118,7 @@ def test_plot_only_without_results_exits_2(tmp_path, capsys):
     (["--train-limit", "1.5"], "is not an integer"),
     (["--seed", "-1"], "must be at least 0"),
     (["--experiments", "resnet"], "invalid choice"),
+    (["--precision", "float16"], "invalid choice"),
 ])
 def test_bad_cli_values_exit_2_with_one_line(argv, message, capsys):
     assert message in argparse_error(part1_cnn.main, argv, capsys)

@@ -209,7 +209,7 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch)
     out = str(tmp_path)
     assert run(["--data-dir", tiny_cifar[0], "--output-dir", out, "--model", tiny_model_file,
                 "--rates", "0", "0.5", "--layers", "conv2", "head", "--fine-tune-epochs", "1",
-                "--train-limit", "40", "--batch-size", "20"]) == 0
+                "--train-limit", "40", "--batch-size", "20", "--precision", "float32"]) == 0
     results = json.load(open(tmp_path / "results" / "part2.json"))
     assert set(results["layer_sensitivity"]) == {"conv2", "head"}
     assert results["layer_sensitivity"]["conv2"]["index"] == 2
@@ -220,7 +220,7 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch)
     (row,) = results["finetune"]
     assert row["measured_sparsity"] == pytest.approx(0.9, abs=1e-3)
     assert {"test_accuracy_recalibrated", "test_accuracy_refitted", "peak_learning_rate",
-            "batch_size", "gradual"} <= set(row)
+            "batch_size", "gradual"} <= set(row) and row["precision"] == "float32"
     assert results["sizes"][1]["sparse_bytes"] < results["sizes"][0]["sparse_bytes"]
     for name in ("layer_sensitivity", "global_vs_uniform", "finetune"):
         assert (tmp_path / "figures" / f"part2_{name}.png").read_bytes().startswith(b"\x89PNG")

@@ -162,7 +162,7 @@ def test_bad_model_and_layer_exit_2(tmp_path, tiny_model_file, capsys):
 def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path):
     out = str(tmp_path)
     argv = ["--data-dir", tiny_cifar[0], "--output-dir", out, "--model", tiny_model_file,
-            "--layer", "conv3", "--k", "2", "8", "--timing-repeats", "2"]
+            "--layer", "conv3", "--k", "2", "8", "--timing-repeats", "2", "--precision", "float32"]
     assert run(argv + ["--fine-tune", "1", "--train-limit", "40", "--batch-size", "20"]) == 0
     results = json.load(open(tmp_path / "results" / "part3.json"))
     assert results["reconstruction"]["layer"] == "conv3"
@@ -171,6 +171,7 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path):
     assert full["ranks"] == {"conv2": [8, 16], "conv3": [16, 32]}
     assert full["test_accuracy"] == pytest.approx(results["original"]["test_accuracy"])
     assert full["fine_tuned_test_accuracy"] is not None and len(full["forward_seconds"]["all"]) == 2
+    assert full["fine_tune_precision"] == "float32"
     assert results["sweep"][0]["flops_ratio"] < 1
     assert all(0 <= row["test_accuracy_recalibrated"] <= 1 for row in results["sweep"])
     assert results["timing"]["batch_norm_folded"] is True
