@@ -22,7 +22,7 @@ import shutil
 # TensorFlow is imported inside the functions that need it, so that --help and
 # --plot-only answer at once.
 from common import cli, precision
-from common.results import read_json, run_metadata, write_json
+from common.results import ResultsStore, run_metadata, settings_label, write_json
 
 # ---- configuration ---------------------------------------------------------
 # Every experiment uses Adam and categorical cross-entropy on [0, 1] pixels, as
@@ -166,26 +166,29 @@ def save_reference(classifier, config, entry, test, paths):
     return info
 
 
-def run_experiment(name, config, train, test, paths, save_results):
-    """Train one experiment (resuming if a backup exists); returns its entry."""
+def run_experiment(name, config, train, test, paths, store, settings):
+    """Train one experiment, resuming if its checkpoint is there; returns its entry.
+    Each epoch's record is stored as it ends."""
     import keras
 
     from common.training import fit_resumable, merge_epoch, set_seed
 
-    entry = save_results.entry(name)
     set_seed(config["seed"])
     keras.mixed_precision.set_global_policy(config.get("precision", "float32"))
     model, classifier, callbacks = build_model(config, train[0])
 
     def on_record(record):
-        entry["epochs"] = merge_epoch(entry["epochs"], record)
-        save_results()
+        def add(run):
+            entry = run["experiments"][name]
+            entry["epochs"] = merge_epoch(entry["epochs"], record)
+        store.update(settings, add)
 
     fit_resumable(model, train, test, epochs=config["epochs"],
                   batch_size=config["batch_size"],
-                  backup_dir=os.path.join(paths["checkpoints"], f"part1_{name}"),
+                  backup_dir=checkpoint_dir(paths, name, settings),
                   on_record=on_record, callbacks=callbacks,
                   test_every=config.get("test_every", 1))
+    entry = store.find(settings)["experiments"][name]
     if name == "reference":
         info = save_reference(classifier, config, entry, test, paths)
         print(f"reference: {info['test_accuracy']:.4f} test accuracy "
@@ -194,28 +197,49 @@ def run_experiment(name, config, train, test, paths, save_results):
               f"{info['training_seconds']:.0f} s of training")
     else:
         classifier.save(os.path.join(paths["models"], f"part1_{name}.keras"))
-    entry["final_test_accuracy"] = entry["epochs"][-1]["test_accuracy"]
-    entry["complete"] = True
-    save_results()
-    return entry
+
+    def finish(run):
+        entry = run["experiments"][name]
+        entry.update(final_test_accuracy=entry["epochs"][-1]["test_accuracy"], complete=True)
+    return store.update(settings, finish)["experiments"][name]
 
 
-class ResultsFile:
-    """results/part1.json in memory; calling it writes it atomically."""
-
-    def __init__(self, path):
-        self.path = path
-        self.data = read_json(path, default={"experiments": {}})
-
-    def __call__(self):
-        write_json(self.path, self.data)
-
-    def entry(self, name):
-        return self.data["experiments"][name]
+def checkpoint_dir(paths, name, settings):
+    """Keras' BackupAndRestore folder of one experiment of one run."""
+    return os.path.join(paths["checkpoints"], f"part1_{name}-{settings_label(settings)}")
 
 
-def plot_figures(experiments, figures_dir):
+def run_settings(args, data_id):
+    """What every experiment of a run shares; results are keyed by it."""
+    return {**data_id, "train_limit": args.train_limit, "seed": args.seed,
+            "epochs": args.epochs, "batch_size": args.batch_size,
+            "precision": precision.resolve(args.precision)}
+
+
+def plan(experiments, names, args, results_path):
+    """(name, config, resume?) for each experiment to train; one line (ValueError)
+    if one is stored with another configuration and --force is not given."""
+    todo = []
+    for name in names:
+        config = experiment_config(name, args)
+        stored = experiments.get(name)
+        if stored and stored["config"] != config and not args.force:
+            changed = sorted(k for k in {*config, *stored["config"]}
+                             if config.get(k) != stored["config"].get(k))
+            raise ValueError(f"{results_path}: {name} is stored with another configuration "
+                             f"({', '.join(changed)}); --force replaces it (a backup is kept), "
+                             f"--output-dir DIR writes elsewhere")
+        if stored and stored.get("complete") and not args.force:
+            print(f"{name}: done ({stored['final_test_accuracy']:.4f}), skipped; "
+                  f"--force reruns it")
+            continue
+        todo.append((name, config, bool(stored) and not args.force))
+    return todo
+
+
+def plot_figures(run, figures_dir):
     from common.plots import PART1_FIGURES
+    experiments = run.get("experiments", {})
     for filename, (plot, needs) in PART1_FIGURES.items():
         if all(experiments.get(n, {}).get("epochs") for n in needs):
             print("wrote", plot(experiments, os.path.join(figures_dir, filename)))
@@ -224,42 +248,36 @@ def plot_figures(experiments, figures_dir):
 def main(argv=None):
     args = parse_args(argv)
     paths = cli.output_paths(args.output_dir)
-    results = ResultsFile(os.path.join(paths["results"], RESULTS_FILE))
-    experiments = results.data["experiments"]
+    store = ResultsStore(os.path.join(paths["results"], RESULTS_FILE))
     if args.plot_only:
-        if not experiments:
-            raise ValueError(f"{results.path}: no experiments to plot; run without --plot-only first")
-        plot_figures(experiments, paths["figures"])
-        return 0
-
-    from common.data import load_cifar10, preprocess
+        return cli.plot_every_run(store, paths["figures"], plot_figures)
+    from common.data import fingerprint, load_cifar10, preprocess
     (x_train, y_train), test, source = load_cifar10(args.data_dir)
-    limit = args.train_limit
-    train = preprocess(x_train[:limit], y_train[:limit])
+    data_id = fingerprint((x_train, y_train), test, source)
+    train = preprocess(x_train[:args.train_limit], y_train[:args.train_limit])
     test = preprocess(*test)
-    meta = run_metadata(source)
-    results.data["meta"] = meta
 
-    for name in args.experiments:
-        config = experiment_config(name, args)
-        stored = experiments.get(name)
-        backup = os.path.join(paths["checkpoints"], f"part1_{name}")
-        if stored and stored["config"] == config and stored.get("complete") and not args.force:
-            print(f"{name}: done ({stored['final_test_accuracy']:.4f}), skipped; --force reruns it")
-            continue
-        if not stored or stored["config"] != config or args.force:
-            shutil.rmtree(backup, ignore_errors=True)  # a backup of another config is stale
-            experiments[name] = {"config": config, "epochs": [], "complete": False}
+    cli.load_backend()
+    settings = run_settings(args, data_id)
+    meta = run_metadata(source)
+    stored = store.find(settings) or {}
+    todo = plan(stored.get("experiments", {}), args.experiments, args, store.path)
+    cli.back_up_if_forced(store, settings, args.force and todo)
+    for name, config, resume in todo:
+        if resume:
+            print(f"{name}: resuming after epoch {len(stored['experiments'][name]['epochs'])}")
         else:
-            print(f"{name}: resuming after epoch {len(stored['epochs'])}")
-        experiments[name]["meta"] = meta
+            shutil.rmtree(checkpoint_dir(paths, name, settings), ignore_errors=True)
+            entry = {"config": config, "epochs": [], "complete": False, "meta": meta}
+            store.update(settings, lambda run, name=name, entry=entry:
+                         run.setdefault("experiments", {}).update({name: entry}), meta)
         print(f"{name}: step {config['step']}, {config['model']} CNN, "
               f"{config['optimizer']}, {config['epochs']} epochs, "
               f"{len(train[0])} training images")
-        entry = run_experiment(name, config, train, test, paths, results)
+        entry = run_experiment(name, config, train, test, paths, store, settings)
         print(f"{name}: final test accuracy {entry['final_test_accuracy']:.4f}")
 
-    plot_figures(experiments, paths["figures"])
+    plot_figures(store.find(settings) or {}, store.figures_dir(paths["figures"], settings))
     return 0
 
 

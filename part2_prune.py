@@ -14,19 +14,22 @@ a pruned model takes on disk, dense, gzipped and in a sparse format.
     python part2_prune.py --layers block2_conv1 --rates 0.5 0.9
     python part2_prune.py --plot-only                  # redraw figures from the JSON
 
-The model is models/reference.keras (made by `python part1_cnn.py --experiments
-reference`, committed); --model takes any .keras CIFAR-10 classifier. Results go
-to results/part2.json as each piece finishes; a rerun skips finished pieces
-unless --force.
+The model is models/reference.keras of --output-dir, else the repository's
+(committed; made by `python part1_cnn.py --experiments reference`); --model
+takes any .keras CIFAR-10 classifier. Results go to results/part2.json as each
+piece finishes, keyed by the settings (model and data digests, limits, seed,
+rates, fine-tuning recipe); a rerun with the same settings skips finished
+pieces unless --force.
 """
 
 import os
+import sys
 
 from common import cli
-from common.results import file_digest, load_matching, read_json, run_metadata, write_json
+from common.data import fingerprint, load_cifar10, preprocess
+from common.results import ResultsStore, file_digest, run_metadata, upsert
 
 # ---- configuration ---------------------------------------------------------
-DEFAULT_MODEL = os.path.join("models", "reference.keras")
 # The study's rates, plus 95% and 99% where deep layers finally break.
 RATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 # Overall sparsities for global vs uniform pruning, and for fine-tuning.
@@ -76,8 +79,7 @@ RESULTS_FILE = "part2.json"
 def parse_args(argv=None):
     parser = cli.make_parser(__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                              epochs=False)
-    parser.add_argument("--model", metavar="PATH",
-                        help=f".keras classifier to prune (default: {DEFAULT_MODEL})")
+    parser.add_argument("--model", metavar="PATH", help=cli.MODEL_HELP.format("prune"))
     parser.add_argument("--rates", type=cli.unit_fraction("rate"), nargs="+", metavar="RATE",
                         default=list(RATES), help="prune rates for the per-layer "
                         "sensitivity, each in [0, 1) (default: 0, 0.1, ..., 0.9, 0.95, 0.99)")
@@ -99,15 +101,15 @@ def evaluate(model, test):
 def layer_sensitivity(model, test, names, rates, done, save):
     """Per layer: test accuracy with only that layer pruned at each rate.
 
-    `done` holds finished layers (skipped when their rates match); `save` is
-    called after each layer, so an interrupted run keeps what it measured.
+    `done` holds finished layers (skipped); `save(name, row)` is called after
+    each layer, so an interrupted run keeps what it measured.
     """
     from common import pruning
     layers = pruning.prunable_layers(model)
     for index, layer in enumerate(layers, start=1):
         if layer.name not in names:
             continue
-        if done.get(layer.name, {}).get("prune_rates") == list(rates):
+        if layer.name in done:
             print(f"{layer.name}: done, skipped")
             continue
         kernel = pruning.kernels_of(model, {layer.name})[layer.name]
@@ -115,12 +117,10 @@ def layer_sensitivity(model, test, names, rates, done, save):
         for rate in rates:
             with pruning.pruned(model, {layer.name: pruning.magnitude_mask(kernel, rate)}):
                 accuracies.append(evaluate(model, test))
-        done[layer.name] = {"index": index, "shape": list(kernel.shape),
-                            "prune_rates": list(rates), "test_accuracy": accuracies}
         print(f"{index}: {layer.name} {kernel.shape}: " +
               " ".join(f"{r:g}:{a:.3f}" for r, a in zip(rates, accuracies)))
-        save()
-    return done
+        save(layer.name, {"index": index, "shape": list(kernel.shape),
+                          "prune_rates": list(rates), "test_accuracy": accuracies})
 
 
 def masks_at(model, kind, sparsity):
@@ -144,12 +144,12 @@ def accuracy_after(model, test, *steps):
 
 
 def sparsity_curve(model, test, kind, sparsities, recalibration_images, curve=None,
-                   save=lambda: None):
+                   save=lambda curve: None):
     """Test accuracy (as pruned, and with batch norm re-estimated) and non-zero
     weights against overall sparsity, global or uniform.
 
-    `curve` is filled in place, a sparsity at a time, with `save` called after
-    each; a curve of the same sparsities resumes after its last measured one.
+    `curve` is filled in place, a sparsity at a time, with `save(curve)` called
+    after each; a curve of the same sparsities resumes after its last measured one.
     """
     from common import measure, pruning
     from common.training import recalibrate_batchnorm
@@ -158,7 +158,7 @@ def sparsity_curve(model, test, kind, sparsities, recalibration_images, curve=No
         recalibrate_batchnorm(model, recalibration_images)
     columns = ("test_accuracy", "test_accuracy_recalibrated", "nonzero_params")
     curve = {} if curve is None else curve
-    if curve.get("sparsity") != list(sparsities) or any(c not in curve for c in columns):
+    if curve.get("sparsity") != list(sparsities):
         curve.clear()
         curve.update({"sparsity": list(sparsities), **{c: [] for c in columns}})
     for s in sparsities[len(curve["test_accuracy_recalibrated"]):]:
@@ -168,11 +168,11 @@ def sparsity_curve(model, test, kind, sparsities, recalibration_images, curve=No
         for column, value in zip(columns, row):
             curve[column].append(value)
         print(f"{kind} {s:.2f}: {row[0]:.4f}, {row[1]:.4f} batch norm re-estimated")
-        save()
+        save(curve)
     return curve
 
 
-def fine_tune_at(model_path, sparsity, train, test, args, models_dir):
+def fine_tune_at(model_path, sparsity, train, test, settings, seed, models_dir):
     """Prune a fresh copy globally to `sparsity` and re-estimate its batch norm;
     measure what a least-squares refit of the kept weights would add (on the
     side: fine-tuning from it ended no better, 87.3% vs 87.6% at 90%). Then
@@ -195,7 +195,6 @@ def fine_tune_at(model_path, sparsity, train, test, args, models_dir):
     recalibrated = evaluate(model, test)
     refitted = accuracy_after(model, test, refit, recalibrate)
 
-    settings = fine_tune_settings(args)
     gradual = settings["gradual"]
     start = max(0.0, 1 - gradual["start_kept_factor"] * (1 - sparsity))
     steps_per_epoch = -(-len(train[0]) // settings["batch_size"])
@@ -206,7 +205,7 @@ def fine_tune_at(model_path, sparsity, train, test, args, models_dir):
     pruning.apply_masks(model, masks_at(model, "global", start))
     recalibrate(model)
     records = training.fine_tune(
-        model, train, test, seed=args.seed, teacher=models.load_classifier(model_path),
+        model, train, test, seed=seed, teacher=models.load_classifier(model_path),
         callbacks=[schedule], **{k: v for k, v in settings.items() if k != "gradual"})
     path = os.path.join(models_dir, f"pruned_{round(sparsity * 100)}.keras")
     row = {"sparsity": sparsity, "measured_sparsity": pruning.sparsity(model),
@@ -224,7 +223,7 @@ def fine_tune_at(model_path, sparsity, train, test, args, models_dir):
 
 
 def fine_tune_settings(args):
-    """What a fine-tuning row was made with; a stored row with other settings is redone."""
+    """The fine-tuning recipe (part of the run's settings)."""
     from common import precision
     return {"epochs": args.fine_tune_epochs,
             "precision": precision.resolve(args.precision),
@@ -251,26 +250,47 @@ def size_summary(results):
     return rows
 
 
-def plot_figures(results, part3_path, figures_dir):
+def run_settings(args, model_sha256, data_id):
+    """Everything that changes this part's numbers: results are keyed by it."""
+    return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,
+            "seed": args.seed, "rates": list(args.rates),
+            "fine_tune": fine_tune_settings(args) if args.fine_tune_epochs else None}
+
+
+def matching_part3_run(run, part3_path):
+    """The Part 3 run on the same model and data, or None (a warning line when
+    part3.json cannot be read: only the trade-off figure needs it)."""
+    try:
+        runs = ResultsStore(part3_path).runs()
+    except ValueError as err:
+        print(f"warning: {err}; compression_tradeoff.png not drawn", file=sys.stderr)
+        return None
+    same = ("model_sha256", "data_sha256")
+    for part3 in runs:
+        if all(part3["settings"][key] == run["settings"][key] for key in same):
+            return part3
+    print(f"compression_tradeoff.png not drawn: {part3_path} has no run on the same model "
+          f"and data; run part3_tucker.py with the same --model and --data-dir")
+    return None
+
+
+def plot_figures(run, part3_path, figures_dir):
     from common import plots
     written = []
-    if results.get("layer_sensitivity"):
+    if run.get("layer_sensitivity"):
         written.append(plots.plot_layer_sensitivity(
-            results, os.path.join(figures_dir, "part2_layer_sensitivity.png")))
-    if results.get("global") and results.get("uniform"):
+            run, os.path.join(figures_dir, "part2_layer_sensitivity.png")))
+    if run.get("global") and run.get("uniform"):
         written.append(plots.plot_global_vs_uniform(
-            results, os.path.join(figures_dir, "part2_global_vs_uniform.png")))
-    if results.get("finetune"):
-        written.append(plots.plot_finetune(results, os.path.join(figures_dir, "part2_finetune.png")))
-    if os.path.exists(part3_path) and results.get("global"):
-        part3 = read_json(part3_path)
-        # Pruning and Tucker are compared on one model only.
-        if part3.get("settings", {}).get("model_sha256") == results["settings"]["model_sha256"]:
-            written.append(plots.plot_compression_tradeoff(
-                results, part3, os.path.join(figures_dir, "compression_tradeoff.png")))
-        else:
-            print(f"compression_tradeoff.png not drawn: {part3_path} was measured on another "
-                  f"model; run part3_tucker.py on {results['settings']['model']}")
+            run, os.path.join(figures_dir, "part2_global_vs_uniform.png")))
+    if run.get("finetune"):
+        written.append(plots.plot_finetune(run, os.path.join(figures_dir, "part2_finetune.png")))
+    part3 = matching_part3_run(run, part3_path) if run.get("global") else None
+    if part3 is not None and part3.get("sweep"):
+        written.append(plots.plot_compression_tradeoff(
+            run, part3, os.path.join(figures_dir, "compression_tradeoff.png")))
+    if not written:
+        print("no figure drawn: the run has no finished measurement yet")
     for path in written:
         print("wrote", path)
 
@@ -278,62 +298,63 @@ def plot_figures(results, part3_path, figures_dir):
 def main(argv=None):
     args = parse_args(argv)
     paths = cli.output_paths(args.output_dir)
-    results_path = os.path.join(paths["results"], RESULTS_FILE)
+    store = ResultsStore(os.path.join(paths["results"], RESULTS_FILE))
     part3_path = os.path.join(paths["results"], "part3.json")
     if args.plot_only:
-        plot_figures(read_json(results_path), part3_path, paths["figures"])
-        return 0
+        return cli.plot_every_run(store, paths["figures"],
+                                  lambda run, folder: plot_figures(run, part3_path, folder))
+    model_path = cli.model_path(args.model, args.output_dir)
+    (x_train, y_train), test, source = load_cifar10(args.data_dir)
+    data_id = fingerprint((x_train, y_train), test, source)
 
+    cli.load_backend()
     from common import measure, models, pruning
-    from common.data import load_cifar10, preprocess
-    model_path = args.model or os.path.join(args.output_dir, DEFAULT_MODEL)
-    model = models.load_classifier(
-        model_path, hint="" if args.model else
-        "; make it with: python part1_cnn.py --experiments reference")
+    model = models.load_classifier(model_path)
     names = [layer.name for layer in pruning.prunable_layers(model)]
     unknown = sorted(set(args.layers or []) - set(names))
     if unknown:
         raise ValueError(f"--layers: no Conv2D or Dense layer named {', '.join(unknown)}; "
                          f"choose from {', '.join(names)}")
-    (x_train, y_train), test, source = load_cifar10(args.data_dir)
     test = preprocess(*test)
     train = preprocess(x_train[:args.train_limit], y_train[:args.train_limit])
+    settings = run_settings(args, file_digest(model_path), data_id)
+    cli.back_up_if_forced(store, settings, args.force)
 
-    settings = {"model": os.path.relpath(model_path, args.output_dir),
-                "model_sha256": file_digest(model_path),
-                "train_limit": args.train_limit, "seed": args.seed}
-    results = load_matching(results_path, settings, fresh=args.force)
-    results["meta"] = run_metadata(source)
+    dense = {"dense_test_accuracy": evaluate(model, test),
+             "dense_params": measure.count_params(model),
+             "dense_sizes": pruning.model_sizes(model, os.path.join(paths["models"],
+                                                                    "pruned_0.keras"))}
+    print(f"dense: {dense['dense_test_accuracy']:.4f} test accuracy, "
+          f"{dense['dense_params']:,} weights")
+    run = store.update(settings, lambda run: run.update(dense),
+                       meta={**run_metadata(source), "model": model_path})
+    if args.force:
+        run = {}
 
-    def save():
-        write_json(results_path, results)
-
-    results["dense_test_accuracy"] = evaluate(model, test)
-    results["dense_params"] = measure.count_params(model)
-    results["dense_sizes"] = pruning.model_sizes(model, os.path.join(paths["models"],
-                                                                     "pruned_0.keras"))
-    print(f"dense: {results['dense_test_accuracy']:.4f} test accuracy, "
-          f"{results['dense_params']:,} weights")
-    save()
+    def save_layer(name, row):
+        store.update(settings, lambda run: run.setdefault("layer_sensitivity", {})
+                     .update({name: row}))
     layer_sensitivity(model, test, args.layers or names, args.rates,
-                      results.setdefault("layer_sensitivity", {}), save)
+                      run.get("layer_sensitivity", {}), save_layer)
     for kind in ("global", "uniform"):
         sparsity_curve(model, test, kind, SPARSITIES, train[0][:RECALIBRATION_IMAGES],
-                       results.setdefault(kind, {}), save)
+                       run.get(kind), lambda curve, kind=kind: store.update(
+                           settings, lambda run: run.update({kind: curve})))
 
-    if args.fine_tune_epochs:
-        wanted = fine_tune_settings(args)
-        done = {row["sparsity"]: row for row in results.get("finetune", [])
-                if all(row.get(key) == value for key, value in wanted.items())
-                and "test_accuracy_refitted" in row}
-        for sparsity in FINE_TUNE_SPARSITIES:
-            if sparsity not in done:
-                done[sparsity] = fine_tune_at(model_path, sparsity, train, test, args,
-                                              paths["models"])
-                results["finetune"] = [done[s] for s in sorted(done)]
-                results["sizes"] = size_summary(results)
-                save()
-    plot_figures(results, part3_path, paths["figures"])
+    done = {row["sparsity"] for row in run.get("finetune", [])}
+    for sparsity in FINE_TUNE_SPARSITIES if settings["fine_tune"] else ():
+        if sparsity in done:
+            print(f"fine-tuning at {sparsity:.2f}: done, skipped")
+            continue
+        row = fine_tune_at(model_path, sparsity, train, test, settings["fine_tune"],
+                           args.seed, paths["models"])
+
+        def add_row(run, row=row):
+            run["finetune"] = upsert(run.get("finetune", []), "sparsity", row)
+            run["sizes"] = size_summary(run)
+        store.update(settings, add_row)
+    plot_figures(store.find(settings), part3_path,
+                 store.figures_dir(paths["figures"], settings))
     return 0
 
 

@@ -13,19 +13,23 @@ against rank, and optionally accuracy after a short fine-tuning.
     python part3_tucker.py --k 4 --fine-tune 3   # and retrain 3 epochs
     python part3_tucker.py --plot-only           # redraw figures from the JSON
 
-The model is models/reference.keras (made by `python part1_cnn.py --experiments
-reference`, committed); --model takes any .keras CIFAR-10 classifier. Results go
-to results/part3.json after each k; a k already there with the same settings is
-skipped unless --force.
+The model is models/reference.keras of --output-dir, else the repository's
+(committed; made by `python part1_cnn.py --experiments reference`); --model
+takes any .keras CIFAR-10 classifier. Each k's row goes to results/part3.json
+as it is measured, keyed by the settings (model and data digests, limits,
+seed, fine-tuning), and its model to models/tucker_k<k>.keras; a k already
+there with the same settings and model file is reused unless --force. Rows
+whose model file is absent (as on a fresh clone) are kept as they are and
+are not timed.
 """
 
 import os
 
 from common import cli
-from common.results import file_digest, load_matching, read_json, run_metadata, write_json
+from common.data import fingerprint, load_cifar10, preprocess
+from common.results import ResultsStore, file_digest, run_metadata, upsert
 
 # ---- configuration ---------------------------------------------------------
-DEFAULT_MODEL = os.path.join("models", "reference.keras")
 K_VALUES = range(1, 9)           # k = 8 is full rank: exact up to float error
 TIMING_BATCH_SIZE = 256          # large enough to keep both cores busy
 TIMING_REPEATS = 5               # median of 5 interleaved passes; min-max as spread
@@ -48,8 +52,7 @@ def parse_args(argv=None):
                              epochs=False)
     parser.add_argument("--k", type=cli.int_in_range("k", 1, 8), nargs="+", metavar="K",
                         help="rank fraction(s) k/8 to run, integers 1..8 (default: 1..8)")
-    parser.add_argument("--model", default=None, metavar="PATH",
-                        help=f".keras classifier to decompose (default: {DEFAULT_MODEL})")
+    parser.add_argument("--model", metavar="PATH", help=cli.MODEL_HELP.format("decompose"))
     parser.add_argument("--layer", metavar="NAME",
                         help="conv layer for the reconstruction-error figure "
                              "(default: the first with c, f >= 128)")
@@ -88,23 +91,27 @@ def reconstruction_curves(model, layer_name=None):
             "r2_fixed_64": {"r1": r1s, "error": [relative_error(kernel, (r, fixed)) for r in r1s]}}
 
 
-def recalibrate_and_test(model, test, images):
-    """Re-estimate `model`'s batch-norm statistics on `images` (in place: the
-    decomposed convs change what each batch norm sees); its test accuracy."""
-    from common.training import recalibrate_batchnorm, test_accuracy
-    recalibrate_batchnorm(model, images)
-    return test_accuracy(model, test)
+def run_settings(args, model_sha256, data_id):
+    """Everything that changes this part's numbers: results are keyed by it."""
+    fine_tune = None
+    if args.fine_tune:
+        from common import precision
+        fine_tune = {"epochs": args.fine_tune, "precision": precision.resolve(args.precision),
+                     "batch_size": args.batch_size or FINE_TUNE_BATCH_SIZE,
+                     "peak_learning_rate": FINE_TUNE_LEARNING_RATE}
+    return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,
+            "seed": args.seed, "fine_tune": fine_tune}
 
 
-def plot_figures(results, figures_dir):
+def plot_figures(run, figures_dir):
     from common import plots
     figures = {"part3_reconstruction_vs_rank.png":
-               lambda p: plots.plot_reconstruction_vs_rank(results["reconstruction"], p)}
-    if results.get("sweep"):
-        figures["part3_accuracy_vs_k.png"] = lambda p: plots.plot_accuracy_vs_k(results, p)
-        if all("forward_seconds" in r for r in results["sweep"]):
+               lambda p: plots.plot_reconstruction_vs_rank(run["reconstruction"], p)}
+    if run.get("sweep"):
+        figures["part3_accuracy_vs_k.png"] = lambda p: plots.plot_accuracy_vs_k(run, p)
+        if run.get("timing"):
             figures["part3_forward_time_vs_k.png"] = \
-                lambda p: plots.plot_forward_time_vs_k(results, p)
+                lambda p: plots.plot_forward_time_vs_k(run, p)
     for filename, plot in figures.items():
         print("wrote", plot(os.path.join(figures_dir, filename)))
 
@@ -114,115 +121,116 @@ def print_row(label, accuracy, params, flops, time_ratio=None, flops_ratio=None)
     print(f"{label:>10}  acc {accuracy:.4f}  params {params:>9,}  MFLOPs {flops / 1e6:8.1f}{ratios}")
 
 
+def decompose_and_measure(original, k, train, test, args, settings):
+    """The k-decomposed model (batch norm re-estimated, fine-tuned if the
+    settings say so) and its row of the sweep."""
+    from common import measure, training, tucker
+    model, ranks = tucker.decompose_model(
+        original, lambda c, f, k=k: tucker.tucker_ranks(c, f, k))
+    fine_tune = settings["fine_tune"] or {}
+    row = {"k": k, "ranks": ranks, "test_accuracy": training.test_accuracy(model, test),
+           "params": measure.count_params(model), "flops": measure.count_flops(model),
+           "fine_tune_epochs": fine_tune.get("epochs", 0),
+           "fine_tune_precision": fine_tune.get("precision"),
+           "fine_tuned_test_accuracy": None}
+    # Fine-tuning (if any) starts from the re-estimated statistics.
+    training.recalibrate_batchnorm(model, train[0][:RECALIBRATION_IMAGES])
+    row["test_accuracy_recalibrated"] = training.test_accuracy(model, test)
+    print_row(f"k={k}", row["test_accuracy"], row["params"], row["flops"])
+    print(f"{'':>10}  batch norm re-estimated: acc {row['test_accuracy_recalibrated']:.4f}")
+    if fine_tune:
+        row["fine_tune_records"] = training.fine_tune(
+            model, train, test, epochs=fine_tune["epochs"], batch_size=fine_tune["batch_size"],
+            peak_learning_rate=fine_tune["peak_learning_rate"],
+            precision=fine_tune["precision"], seed=args.seed)
+        row["fine_tuned_test_accuracy"] = training.test_accuracy(model, test)
+        print(f"{'':>10}  after {fine_tune['epochs']} epochs of fine-tuning: "
+              f"acc {row['fine_tuned_test_accuracy']:.4f}")
+    return model, row
+
+
+def time_side_by_side(original, decomposed, test, repeats, seed):
+    """Forward seconds of the original and each decomposed model, timed in one
+    interleaved run: time ratios are only fair between models timed together."""
+    from common import measure
+    from common.inference import fold_batchnorm
+    print(f"timing {len(decomposed) + 1} models, {repeats} passes each ...")
+    candidates = {"original": original, **{f"k{k}": decomposed[k] for k in sorted(decomposed)}}
+    if FOLD_BATCHNORM_FOR_TIMING:
+        candidates = {name: fold_batchnorm(model)[0] for name, model in candidates.items()}
+    seconds = measure.time_forward(candidates, test[0], batch_size=TIMING_BATCH_SIZE,
+                                   repeats=repeats, seed=seed)
+    return {name: measure.summarize_seconds(s) for name, s in seconds.items()}
+
+
 def main(argv=None):
     args = parse_args(argv)
     paths = cli.output_paths(args.output_dir)
-    results_path = os.path.join(paths["results"], RESULTS_FILE)
+    store = ResultsStore(os.path.join(paths["results"], RESULTS_FILE))
     if args.plot_only:
-        results = read_json(results_path)
-        plot_figures(results, paths["figures"])
-        return 0
-
-    from common import measure, models, precision, training, tucker
-    from common.data import load_cifar10, preprocess
-    from common.inference import fold_batchnorm
-    model_path = args.model or os.path.join(args.output_dir, DEFAULT_MODEL)
-    original = models.load_classifier(
-        model_path, hint="" if args.model else
-        "; make it with: python part1_cnn.py --experiments reference")
-    if args.layer is not None:  # fail on a bad name before any slow work
-        reconstruction = reconstruction_curves(original, args.layer)
+        return cli.plot_every_run(store, paths["figures"], plot_figures)
+    model_path = cli.model_path(args.model, args.output_dir)
     (x_train, y_train), test, source = load_cifar10(args.data_dir)
+    data_id = fingerprint((x_train, y_train), test, source)
+
+    cli.load_backend()
+    from common import measure, models, training
+    original = models.load_classifier(model_path)
+    reconstruction = reconstruction_curves(original, args.layer)  # a bad --layer fails here
     test = preprocess(*test)
     train = preprocess(x_train[:args.train_limit], y_train[:args.train_limit])
-    recalibration_images = train[0][:RECALIBRATION_IMAGES]
-
-    settings = {"model": os.path.relpath(model_path, args.output_dir),
-                "model_sha256": file_digest(model_path),
-                "train_limit": args.train_limit, "seed": args.seed}
-    results = load_matching(results_path, settings, fresh=args.force)
-    results["meta"] = run_metadata(source)
-    if args.layer is None:
-        reconstruction = reconstruction_curves(original)
-    results["reconstruction"] = reconstruction
-    write_json(results_path, results)
+    settings = run_settings(args, file_digest(model_path), data_id)
+    cli.back_up_if_forced(store, settings, args.force)
+    run = store.update(settings, lambda run: run.update(reconstruction=reconstruction),
+                       meta={**run_metadata(source), "model": model_path})
 
     original_row = {"test_accuracy": training.test_accuracy(original, test),
                     "params": measure.count_params(original),
                     "flops": measure.count_flops(original)}
     print_row("original", original_row["test_accuracy"], original_row["params"],
               original_row["flops"])
-    sweep = {row["k"]: row for row in results.get("sweep", [])}
-    fine_tune_precision = precision.resolve(args.precision) if args.fine_tune else None
-    decomposed = {}
-    for k in args.k or K_VALUES:
+    sweep = {row["k"]: row for row in run.get("sweep", [])}
+    wanted = set(args.k or K_VALUES)
+    decomposed = {}  # k -> model: the k run now, and stored rows whose model file is there
+    for k in sorted(wanted | set(sweep)):
         model_file = os.path.join(paths["models"], f"tucker_k{k}.keras")
-        done = k in sweep and sweep[k]["fine_tune_epochs"] == args.fine_tune \
-            and sweep[k].get("fine_tune_precision") == fine_tune_precision \
-            and os.path.exists(model_file)
-        if done and "test_accuracy_recalibrated" in sweep[k]:
-            print(f"k={k}: done, reusing {model_file}; --force redoes it")
+        row = sweep.get(k)
+        model_matches = row is not None and os.path.exists(model_file) \
+            and file_digest(model_file) == row.get("model_sha256")
+        if model_matches and not (args.force and k in wanted):
+            decomposed[k] = models.load_classifier(model_file)
+            if k in wanted:
+                print(f"k={k}: done, reusing {model_file}; --force redoes it")
             continue
-        model, ranks = tucker.decompose_model(
-            original, lambda c, f, k=k: tucker.tucker_ranks(c, f, k))
-        if done:  # a row from before batch-norm re-estimation: add just that
-            sweep[k]["test_accuracy_recalibrated"] = recalibrate_and_test(
-                model, test, recalibration_images)
-            write_json(results_path, results)
-            continue
-        row = {"k": k, "ranks": ranks, "test_accuracy": training.test_accuracy(model, test),
-               "params": measure.count_params(model), "flops": measure.count_flops(model),
-               "fine_tune_epochs": args.fine_tune, "fine_tune_precision": fine_tune_precision,
-               "fine_tuned_test_accuracy": None}
-        # Fine-tuning (if any) starts from the re-estimated statistics.
-        row["test_accuracy_recalibrated"] = recalibrate_and_test(model, test,
-                                                                  recalibration_images)
-        print_row(f"k={k}", row["test_accuracy"], row["params"], row["flops"])
-        print(f"{'':>10}  batch norm re-estimated: acc {row['test_accuracy_recalibrated']:.4f}")
-        if args.fine_tune:
-            row["fine_tune_records"] = training.fine_tune(
-                model, train, test, epochs=args.fine_tune,
-                batch_size=args.batch_size or FINE_TUNE_BATCH_SIZE,
-                peak_learning_rate=FINE_TUNE_LEARNING_RATE, precision=fine_tune_precision,
-                seed=args.seed)
-            row["fine_tuned_test_accuracy"] = training.test_accuracy(model, test)
-            print(f"{'':>10}  after {args.fine_tune} epochs of fine-tuning: "
-                  f"acc {row['fine_tuned_test_accuracy']:.4f}")
-        model.save(model_file)
-        decomposed[k] = model
-        sweep[k] = row
-        results["sweep"] = [sweep[key] for key in sorted(sweep)]
-        write_json(results_path, results)
+        if k not in wanted:
+            continue  # a stored row without its model: kept as it is, not timed
+        if row is not None and not args.force:
+            print(f"k={k}: {model_file} is not the model of the stored row; re-making it")
+        decomposed[k], row = decompose_and_measure(original, k, train, test, args, settings)
+        decomposed[k].save(model_file)
+        row["model_sha256"] = file_digest(model_file)
+        store.update(settings, lambda run, row=row: run.update(
+            sweep=upsert(run.get("sweep", []), "k", row)))
 
-    # Time the original and every model of the sweep in one interleaved run:
-    # time ratios are only fair between models timed together.
-    for k in sweep:
-        if k not in decomposed:
-            decomposed[k] = models.load_classifier(
-                os.path.join(paths["models"], f"tucker_k{k}.keras"))
-    print(f"timing {len(decomposed) + 1} models, {args.timing_repeats} passes each ...")
-    candidates = {"original": original, **{f"k{k}": decomposed[k] for k in sorted(decomposed)}}
-    if FOLD_BATCHNORM_FOR_TIMING:
-        candidates = {name: fold_batchnorm(model)[0] for name, model in candidates.items()}
-    seconds = measure.time_forward(candidates, test[0], batch_size=TIMING_BATCH_SIZE,
-                                   repeats=args.timing_repeats, seed=args.seed)
-    original_row["forward_seconds"] = measure.summarize_seconds(seconds["original"])
-    results["original"] = original_row
-    results["timing"] = {"batch_size": TIMING_BATCH_SIZE, "repeats": args.timing_repeats,
-                         "images": len(test[0]), "backend": results["meta"]["keras_backend"],
-                         "batch_norm_folded": FOLD_BATCHNORM_FOR_TIMING}
-    base_time = original_row["forward_seconds"]["median"]
-    for k in sorted(sweep):
-        row = sweep[k]
-        row["forward_seconds"] = measure.summarize_seconds(seconds[f"k{k}"])
-        row["time_ratio"] = row["forward_seconds"]["median"] / base_time
-        row["flops_ratio"] = row["flops"] / original_row["flops"]
-        row["params_ratio"] = row["params"] / original_row["params"]
-        print_row(f"k={k}", row["fine_tuned_test_accuracy"] or row["test_accuracy"],
-                  row["params"], row["flops"], row["time_ratio"], row["flops_ratio"])
-    results["sweep"] = [sweep[key] for key in sorted(sweep)]
-    write_json(results_path, results)
-    plot_figures(results, paths["figures"])
+    seconds = time_side_by_side(original, decomposed, test, args.timing_repeats, args.seed)
+    original_row["forward_seconds"] = seconds["original"]
+    timing = {"batch_size": TIMING_BATCH_SIZE, "repeats": args.timing_repeats,
+              "images": len(test[0]), "backend": run["meta"]["keras_backend"],
+              "batch_norm_folded": FOLD_BATCHNORM_FOR_TIMING, "timed": sorted(decomposed)}
+
+    def record_timing(run):
+        run.update(original=original_row, timing=timing)
+        for row in run.get("sweep", []):
+            if row["k"] in decomposed:
+                row["forward_seconds"] = seconds[f"k{row['k']}"]
+                row["time_ratio"] = row["forward_seconds"]["median"] / \
+                    original_row["forward_seconds"]["median"]
+                row["flops_ratio"] = row["flops"] / original_row["flops"]
+                row["params_ratio"] = row["params"] / original_row["params"]
+                print_row(f"k={row['k']}", row["fine_tuned_test_accuracy"] or row["test_accuracy"],
+                          row["params"], row["flops"], row["time_ratio"], row["flops_ratio"])
+    run = store.update(settings, record_timing)
+    plot_figures(run, store.figures_dir(paths["figures"], settings))
     return 0
 
 

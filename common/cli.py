@@ -3,10 +3,14 @@
 import argparse
 import os
 import sys
+import tempfile
 
 from common.precision import PRECISIONS
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_MODEL = os.path.join("models", "reference.keras")
+MODEL_HELP = ("the .keras CIFAR-10 classifier to {}; default: models/reference.keras "
+              "of --output-dir, else the repository's (committed)")
 
 
 class Parser(argparse.ArgumentParser):
@@ -84,22 +88,75 @@ def make_parser(description, epilog=None, epochs=True):
                         help="random seed for weights, shuffling and augmentation "
                              "(default: %(default)s)")
     parser.add_argument("--output-dir", metavar="DIR", default=REPO_ROOT,
-                        help="where results/, figures/ and models/ are written "
-                             "(default: the repository)")
+                        help="where results/, figures/, models/ and checkpoints/ are "
+                             "written (default: the repository). Results are stored per "
+                             "settings: a run with other settings goes beside the others")
     parser.add_argument("--force", action="store_true",
-                        help="rerun work whose results are already there")
+                        help="redo work whose results are already there (the results "
+                             "file is first copied to results/<part>.backup-<time>.json)")
     parser.add_argument("--plot-only", action="store_true",
                         help="redraw the figures from results/*.json, train nothing")
     return parser
 
 
 def output_paths(output_dir):
-    """The results/, figures/ and models/ folders under `output_dir`, created."""
+    """The results/, figures/, models/ and checkpoints/ folders under
+    `output_dir`, created and checked writable (ValueError naming the folder)."""
     paths = {name: os.path.join(output_dir, name)
              for name in ("results", "figures", "models", "checkpoints")}
     for path in paths.values():
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as err:
+            what = "not a folder" if isinstance(err, (FileExistsError, NotADirectoryError)) \
+                else f"cannot be written ({err.strerror})"
+            raise ValueError(f"--output-dir {output_dir}: {path} {what}") from None
     return paths
+
+
+def default_model(output_dir):
+    """models/reference.keras of `output_dir` if it has one, else the repository's."""
+    own = os.path.join(output_dir, DEFAULT_MODEL)
+    return own if os.path.exists(own) else os.path.join(REPO_ROOT, DEFAULT_MODEL)
+
+
+def model_path(model_option, output_dir):
+    """--model, else the default model (see `default_model`), checked to be a
+    file before TensorFlow is imported (ValueError naming it)."""
+    path = model_option or default_model(output_dir)
+    if not os.path.isfile(path):
+        hint = "" if model_option else \
+            "; make it with: python part1_cnn.py --experiments reference"
+        raise ValueError(f"{path}: model file not found{hint}")
+    return path
+
+
+def load_backend():
+    """Import Keras and its backend with the C++ start-up notices hidden.
+
+    TensorFlow's absl logging prints before TF_CPP_MIN_LOG_LEVEL is read
+    ("All log messages before absl::InitializeLog()", oneDNN, CUDA), so file
+    descriptor 2 points at a temporary file during the import; what was
+    captured is printed only if the import fails.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def run_main(main, argv=None):
@@ -110,3 +167,19 @@ def run_main(main, argv=None):
         prog = os.path.basename(sys.argv[0])
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+
+
+def back_up_if_forced(store, settings, force):
+    """Under --force, copy the results file aside before any row is replaced."""
+    if force and store.find(settings) is not None:
+        print(f"--force: the results it replaces are kept in {store.backup()}")
+
+
+def plot_every_run(store, figures_root, plot):
+    """--plot-only: `plot(run, folder)` for each stored run, into its own folder."""
+    runs = store.runs()
+    if not runs:
+        raise ValueError(f"{store.path}: no results to plot; run without --plot-only first")
+    for run in runs:
+        plot(run, store.figures_dir(figures_root, run["settings"]))
+    return 0

@@ -12,6 +12,7 @@ arrays: a file that names any other global is refused before anything in it
 runs. Every problem with a file raises :class:`DataError` naming the file.
 """
 
+import hashlib
 import io
 import os
 import pickle
@@ -26,6 +27,7 @@ TEST_FILES = ("test_batch",)
 BATCH_FOLDER = "cifar-10-batches-py"
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
 ENV_VAR = "CIFAR10_DIR"
+JPEG_COPY = "CIFAR-10 JPEG copy"
 
 # The only globals a CIFAR-10 batch pickle needs: numpy's array reconstructor,
 # ndarray and dtype (numpy 1.x pickles say `numpy.core`, numpy 2.x `numpy._core`),
@@ -120,6 +122,10 @@ def _read_folder(folder):
         except FileNotFoundError:
             raise DataError(f"{path}: file not found (the official layout has "
                             f"{', '.join(TRAIN_FILES + TEST_FILES)})") from None
+        except IsADirectoryError:
+            raise DataError(f"{path}: is a folder, expected a CIFAR-10 batch file") from None
+        except OSError as err:
+            raise DataError(f"{path}: cannot be read ({err.strerror})") from None
     return read
 
 
@@ -201,7 +207,7 @@ def load_cifar10(data_dir=None):
         # The offline copy built from JPEGs names its files *.jpg (official: *.png);
         # its pixels differ slightly, so results must say which data they used.
         if names and bytes(names[0]).endswith(b".jpg"):
-            source += " (CIFAR-10 JPEG copy)"
+            source += f" ({JPEG_COPY})"
     else:
         train, test = _load_keras()
         source = "keras.datasets.cifar10"
@@ -210,6 +216,21 @@ def load_cifar10(data_dir=None):
             raise DataError(f"{source}: {name} images have shape {x.shape[1:]}, "
                             f"expected {IMAGE_SHAPE}")
     return train, test, source
+
+
+def fingerprint(train, test, source):
+    """What results are keyed by: the kind of data and a SHA-256 of its arrays
+    (the same for the official files read here or through Keras, other for
+    the JPEG copy or any other set).
+
+    train, test : (uint8 images (N, 32, 32, 3), int labels (N,)) as load_cifar10 returns
+    """
+    digest = hashlib.sha256()
+    for images, labels in (train, test):  # labels as int64: Keras' loader gives uint8
+        digest.update(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
+        digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return {"data": JPEG_COPY if source.endswith(f"({JPEG_COPY})") else "CIFAR-10",
+            "data_sha256": digest.hexdigest()}
 
 
 def preprocess(images, labels):

@@ -130,7 +130,10 @@ def plot_accuracy_vs_k(results, path):
 def plot_forward_time_vs_k(results, path):
     """Part 3: forward-pass time over the test set against k: median, min-max bars."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    ks, times, rows = _sweep_xy(results["sweep"], "forward_seconds")
+    # Only the models timed in one run with the original (a row whose model
+    # file was absent keeps the seconds of an earlier run).
+    timed = [r for r in results["sweep"] if r["k"] in results["timing"]["timed"]]
+    ks, times, rows = _sweep_xy(timed, "forward_seconds")
     median = [t["median"] for t in times]
     spread = [[t["median"] - t["min"] for t in times], [t["max"] - t["median"] for t in times]]
     ax.errorbar(ks, median, yerr=spread, fmt="o-", capsize=4, label="decomposed (median, min-max)")

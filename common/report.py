@@ -9,7 +9,7 @@ results/*.json or models/reference.json.
 import os
 
 from common.cli import REPO_ROOT
-from common.results import read_json
+from common.results import ResultsStore, read_json
 
 
 def _pct(value):
@@ -129,21 +129,27 @@ def part2_tables(part2):
     return "\n".join(out)
 
 
+def primary_run(path):
+    """The first (primary) run of a results file, or None without one."""
+    runs = ResultsStore(path).runs()
+    return runs[0] if runs else None
+
+
 def main():
     paths = {name: os.path.join(REPO_ROOT, "results", f"{name}.json")
              for name in ("part1", "part2", "part3")}
     reference = os.path.join(REPO_ROOT, "models", "reference.json")
-    if os.path.exists(paths["part1"]):
-        part1 = read_json(paths["part1"])
+    part1, part2, part3 = (primary_run(paths[name]) for name in ("part1", "part2", "part3"))
+    if part1:
         print(part1_table(part1), "", sep="\n")
         if part1["experiments"].get("augment", {}).get("complete"):
             print(augment_trend(part1), "", sep="\n")
     if os.path.exists(reference):
         print(reference_table(read_json(reference)), "", sep="\n")
-    if os.path.exists(paths["part3"]) and read_json(paths["part3"]).get("sweep"):
-        print(part3_table(read_json(paths["part3"])), "", sep="\n")
-    if os.path.exists(paths["part2"]):
-        print(part2_tables(read_json(paths["part2"])))
+    if part3 and part3.get("sweep"):
+        print(part3_table(part3), "", sep="\n")
+    if part2:
+        print(part2_tables(part2))
 
 
 if __name__ == "__main__":

@@ -1,20 +1,35 @@
-"""Results as data: atomic JSON files and the run metadata stored beside them."""
+"""The results store: one JSON file per part, holding runs keyed by their settings.
 
+    results/part3.json = {"runs": [{"settings": {...}, "meta": {...}, <sections>}, ...]}
+
+`settings` is everything that changes a number (model digest, data digest,
+limits, seed, recipe); a run with other settings is stored beside the others,
+never over them. Every change is a read-modify-write of one run under a file
+lock (`filelock`), written atomically (temporary file + rename), so that
+concurrent runs keep each other's rows and a kill at any moment leaves the old
+or the new file. The first run in a file is its primary run: its figures go
+to figures/, those of any other run to figures/run-<label>/.
+"""
+
+import copy
 import hashlib
 import json
 import os
 import platform
+import shutil
 import tempfile
+import time
+
+import filelock
+
+# A writer holds the lock for one read + write of a file well under 1 MB;
+# 10 minutes of waiting means another process is stuck holding it.
+LOCK_TIMEOUT_S = 600
 
 
 def write_json(path, obj):
-    """Write `obj` as JSON so that a kill at any moment leaves the old or the new file.
-
-    The text goes to a temporary file in the same folder, is flushed to disk,
-    then renamed over `path` (an atomic replace on POSIX and Windows).
-    """
+    """Write `obj` as JSON so that a kill at any moment leaves the old or the new file."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as f:
@@ -31,25 +46,106 @@ def write_json(path, obj):
         raise
 
 
-def read_json(path, default=None):
-    """Read a results file; `default` if it does not exist.
-
-    Raises ValueError naming the file when it exists but is not valid JSON.
-    """
+def read_json(path):
+    """The JSON value in `path`; ValueError naming the file for any problem."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        if default is None:
-            raise ValueError(f"{path}: results file not found") from None
-        return default
+        raise ValueError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder, not a results file") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text, not a results file") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror})") from None
+
+
+def settings_label(settings):
+    """8 hex digits naming a run's settings (its figure folder, its checkpoints)."""
+    text = json.dumps(settings, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+class ResultsStore:
+    """One part's results file. Reading validates it: a file that is not a
+    results file of this suite raises ValueError naming it."""
+
+    def __init__(self, path):
+        self.path = path
+        self._lock = filelock.FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT_S)
+        self.runs()
+
+    def runs(self):
+        """Every stored run, the primary one first ([] when there is no file)."""
+        if not os.path.lexists(self.path):
+            return []
+        data = read_json(self.path)
+        runs = data.get("runs") if isinstance(data, dict) else None
+        if not isinstance(runs, list) or not all(
+                isinstance(run, dict) and isinstance(run.get("settings"), dict) for run in runs):
+            raise ValueError(f"{self.path}: not a results file of this suite (expected "
+                             '{"runs": [{"settings": ...}, ...]}); move it away or pass '
+                             "another --output-dir")
+        return runs
+
+    def find(self, settings):
+        """The stored run with exactly these settings, or None."""
+        return next((run for run in self.runs() if run["settings"] == settings), None)
+
+    def update(self, settings, change, meta=None):
+        """Apply `change(run)` to the run with these settings (made if absent),
+        under the lock, and write the file; returns a copy of the run as stored.
+        `meta` (versions, data path) replaces the run's metadata when given."""
+        try:
+            with self._lock:
+                runs = self.runs()
+                run = next((r for r in runs if r["settings"] == settings), None)
+                if run is None:
+                    run = {"settings": copy.deepcopy(settings)}
+                    runs.append(run)
+                if meta is not None:
+                    run["meta"] = meta
+                change(run)
+                write_json(self.path, {"runs": runs})
+        except filelock.Timeout:
+            raise ValueError(f"{self.path}: another run has held its lock for "
+                             f"{LOCK_TIMEOUT_S} s; if none is running, delete "
+                             f"{self.path}.lock") from None
+        return copy.deepcopy(run)
+
+    def backup(self):
+        """Copy the file beside itself with the time in its name (what --force
+        replaces is kept there); returns the copy's path, None without a file."""
+        if not os.path.exists(self.path):
+            return None
+        stem, ext = os.path.splitext(self.path)
+        target = f"{stem}.backup-{time.strftime('%Y%m%dT%H%M%S')}{ext}"
+        with self._lock:
+            shutil.copy2(self.path, target)
+        return target
+
+    def figures_dir(self, figures_root, settings):
+        """figures/ for the primary run, figures/run-<label>/ for any other (made)."""
+        runs = self.runs()
+        if not runs or runs[0]["settings"] == settings:
+            return figures_root
+        folder = os.path.join(figures_root, f"run-{settings_label(settings)}")
+        os.makedirs(folder, exist_ok=True)
+        return folder
+
+
+def upsert(rows, key, row):
+    """`rows` (a list of dicts) with `row` in place of the one of the same `key`,
+    sorted by `key`."""
+    kept = [r for r in rows if r[key] != row[key]]
+    return sorted(kept + [row], key=lambda r: r[key])
 
 
 def run_metadata(data_source=None):
-    """Versions (Keras' backend library's too) and data source, stored with
-    every results file."""
+    """Versions (Keras' backend library's too) and data source, stored with every run."""
     import importlib
 
     import keras
@@ -67,18 +163,7 @@ def run_metadata(data_source=None):
     return meta
 
 
-def load_matching(path, settings, fresh=False):
-    """The results at `path` if they were made with the same `settings` (a dict
-    such as the model file, data limit and seed) and `fresh` is false; otherwise
-    a new results dict holding just `settings`. Lets a rerun keep finished work
-    and never mix numbers from different models or data."""
-    results = read_json(path, default={})
-    if results.get("settings") != settings or fresh:
-        results = {"settings": settings}
-    return results
-
-
 def file_digest(path):
-    """SHA-256 of a file: names the exact model a results file was made from."""
+    """SHA-256 of a file: names the exact model a run was made from."""
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()

@@ -1,7 +1,11 @@
 """Training with per-epoch records that survive interruptions."""
 
+import json
+import os
+import shutil
 import time
 
+import filelock
 import keras
 import numpy as np
 
@@ -142,12 +146,63 @@ def fit_resumable(model, train, test, *, epochs, batch_size, backup_dir,
     verbose : int
         Keras verbosity; 2 prints one line per epoch.
     """
+    # Two checkpoints (the last and the one before): a kill while one is
+    # written leaves the other, which check_checkpoint falls back to.
     callbacks = [*callbacks, EpochRecorder(on_record),
-                 keras.callbacks.BackupAndRestore(backup_dir)]
+                 keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)]
     test_epochs = sorted({*range(test_every, epochs + 1, test_every), epochs})  # 1-based
-    model.fit(*train, validation_data=test, validation_freq=test_epochs, epochs=epochs,
-              batch_size=batch_size, shuffle=True, callbacks=callbacks, verbose=verbose)
+    try:
+        with filelock.FileLock(f"{backup_dir}.lock", timeout=0):
+            check_checkpoint(backup_dir)
+            model.fit(*train, validation_data=test, validation_freq=test_epochs,
+                      epochs=epochs, batch_size=batch_size, shuffle=True,
+                      callbacks=callbacks, verbose=verbose)
+    except filelock.Timeout:
+        raise ValueError(f"{backup_dir}: another run is training this now; wait for "
+                         "it, or use another --output-dir") from None
     return model
+
+
+# BackupAndRestore's files, and the copies of the previous epoch's beside them.
+CHECKPOINT_FILES = ("latest.weights.h5", "training_metadata.json")
+
+
+def _checkpoint_problem(weights, metadata):
+    """Why the checkpoint pair cannot be used, or None if it can."""
+    import h5py
+    try:
+        with h5py.File(weights, "r") as f:  # read every array: a torn write fails here
+            f.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
+        with open(metadata) as f:
+            if not isinstance(json.load(f).get("epoch"), int):
+                return f"{metadata}: no epoch number"
+    except (OSError, ValueError, AttributeError) as err:
+        return f"{type(err).__name__}: {' '.join(str(err).split())}"
+    return None
+
+
+def check_checkpoint(backup_dir):
+    """Make `backup_dir` hold a usable checkpoint, or none.
+
+    When the last checkpoint is damaged (a kill while it was written), the one
+    of the epoch before takes its place, and training resumes from there.
+    Raises ValueError naming the folder when neither can be used.
+    """
+    latest = [os.path.join(backup_dir, name) for name in CHECKPOINT_FILES]
+    previous = [f"{path}.bkp" for path in latest]
+    if not any(os.path.exists(path) for path in latest):
+        return
+    problem = _checkpoint_problem(*latest)
+    if problem is None:
+        return
+    if all(os.path.exists(path) for path in previous) and _checkpoint_problem(*previous) is None:
+        print(f"{backup_dir}: last checkpoint damaged ({problem}); resuming from the one "
+              "before")
+        for source, target in zip(previous, latest):
+            shutil.copyfile(source, target)
+        return
+    raise ValueError(f"{backup_dir}: damaged checkpoint ({problem}); delete the folder "
+                     "to start this run again from epoch 1")
 
 
 def one_cycle(peak, total_steps, warmup_fraction=0.23, start=0.2, end=0.07):

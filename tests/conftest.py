@@ -1,5 +1,6 @@
 """Tiny CIFAR-10 files in the official layout, and tiny models, made by the tests."""
 
+import json
 import os
 import pickle
 import tarfile
@@ -102,3 +103,16 @@ def tiny_model_file(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("model") / "tiny.keras")
     tiny_classifier().save(path)
     return path
+
+
+def stored_run(folder, part, index=0):
+    """Run `index` of results/<part>.json under `folder`, read as plain JSON."""
+    with open(os.path.join(folder, "results", f"{part}.json")) as f:
+        return json.load(f)["runs"][index]
+
+
+@pytest.fixture
+def no_repo_model(monkeypatch, tmp_path_factory):
+    """The repository seen as one without models/reference.keras."""
+    from common import cli
+    monkeypatch.setattr(cli, "REPO_ROOT", str(tmp_path_factory.mktemp("empty_repo")))

@@ -8,7 +8,7 @@ import pytest
 
 import part1_cnn
 from common import cli
-from tests.conftest import argparse_error
+from tests.conftest import argparse_error, stored_run
 
 FAST = ["--train-limit", "60", "--batch-size", "30"]
 
@@ -33,7 +33,7 @@ def test_tiny_run_writes_figure_json_and_model(tiny_cifar, tmp_path):
     out = str(tmp_path)
     assert run(["--data-dir", tiny_cifar[0], "--output-dir", out, "--epochs", "1",
                 "--experiments", "baseline", *FAST]) == 0
-    results = json.load(open(tmp_path / "results" / "part1.json"))
+    results = stored_run(out, "part1")
     entry = results["experiments"]["baseline"]
     assert entry["complete"] and entry["config"]["epochs"] == 1
     (record,) = entry["epochs"]
@@ -76,7 +76,7 @@ def test_interrupted_run_resumes_from_last_finished_epoch(tiny_cifar, tmp_path, 
     monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", die_after_second_epoch)
     with pytest.raises(Interrupt):
         part1_cnn.main(args)
-    first = json.load(open(tmp_path / "results" / "part1.json"))["experiments"]["maxpool"]
+    first = stored_run(tmp_path, "part1")["experiments"]["maxpool"]
     assert [e["epoch"] for e in first["epochs"]] == [1, 2] and not first["complete"]
 
     monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", backup_end)
@@ -86,11 +86,12 @@ def test_interrupted_run_resumes_from_last_finished_epoch(tiny_cifar, tmp_path, 
                         lambda self, epoch, logs=None: begun.append(epoch)
                         or original_begin(self, epoch, logs))
     assert part1_cnn.main(args) == 0
-    second = json.load(open(tmp_path / "results" / "part1.json"))["experiments"]["maxpool"]
+    second = stored_run(tmp_path, "part1")["experiments"]["maxpool"]
     assert begun == [2]  # only the third epoch was trained again
     assert [e["epoch"] for e in second["epochs"]] == [1, 2, 3] and second["complete"]
     assert second["epochs"][:2] == first["epochs"]
-    assert not os.listdir(tmp_path / "checkpoints")  # backup removed once finished
+    # the backup is removed once finished (its lock file stays)
+    assert [p for p in os.listdir(tmp_path / "checkpoints") if not p.endswith(".lock")] == []
 
 
 def test_plot_only_redraws_without_data(tiny_cifar, tmp_path):
@@ -108,7 +109,7 @@ def test_plot_only_redraws_without_data(tiny_cifar, tmp_path):
 
 def test_plot_only_without_results_exits_2(tmp_path, capsys):
     assert run(["--plot-only", "--output-dir", str(tmp_path)]) == 2
-    assert "no experiments to plot" in capsys.readouterr().err
+    assert "no results to plot" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -135,7 +136,7 @@ def test_same_seed_gives_the_same_numbers(tiny_cifar, tmp_path):
         out = tmp_path / f"seed{seed}-{len(list(tmp_path.iterdir()))}"
         assert run(["--data-dir", tiny_cifar[0], "--output-dir", str(out), "--epochs", "2",
                     "--experiments", "maxpool", "--seed", str(seed), *FAST]) == 0
-        epochs = json.load(open(out / "results" / "part1.json"))["experiments"]["maxpool"]["epochs"]
+        epochs = stored_run(out, "part1")["experiments"]["maxpool"]["epochs"]
         return [(e["train_loss"], e["test_loss"]) for e in epochs]
     assert losses(0) == losses(0)
     assert losses(0) != losses(1)

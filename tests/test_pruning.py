@@ -1,7 +1,5 @@
 """Magnitude pruning: exact counts, which weights, restoring, masks through fit."""
 
-import json
-
 import keras
 import numpy as np
 import pytest
@@ -9,7 +7,7 @@ import pytest
 import part2_prune
 from common import cli, pruning
 from common.results import write_json
-from tests.conftest import argparse_error, tiny_classifier
+from tests.conftest import argparse_error, stored_run, tiny_classifier
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.1, 0.25, 0.5, 0.9, 0.99])
@@ -175,7 +173,7 @@ def test_sparsity_curve_resumes_after_its_last_measured_sparsity():
     partial["test_accuracy"] = [-1.0]
     saves = []
     resumed = part2_prune.sparsity_curve(model, test, "uniform", [0.5, 0.9], images,
-                                         partial, lambda: saves.append(1))
+                                         partial, lambda curve: saves.append(1))
     assert resumed is partial and len(saves) == 1
     assert resumed["test_accuracy"] == [-1.0, full["test_accuracy"][1]]
     assert resumed["nonzero_params"] == full["nonzero_params"]
@@ -195,8 +193,9 @@ def test_bad_cli_values_exit_2(argv, message, capsys):
     assert message in argparse_error(part2_prune.main, argv, capsys)
 
 
-def test_unknown_layer_and_missing_model_exit_2(tmp_path, tiny_model_file, capsys):
-    out = ["--output-dir", str(tmp_path)]
+def test_unknown_layer_and_missing_model_exit_2(tmp_path, tiny_cifar, tiny_model_file,
+                                                no_repo_model, capsys):
+    out = ["--output-dir", str(tmp_path), "--data-dir", tiny_cifar[0]]
     assert run(out + ["--model", tiny_model_file, "--layers", "conv9"]) == 2
     assert "no Conv2D or Dense layer named conv9" in capsys.readouterr().err
     assert run(out) == 2
@@ -210,7 +209,7 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch)
     assert run(["--data-dir", tiny_cifar[0], "--output-dir", out, "--model", tiny_model_file,
                 "--rates", "0", "0.5", "--layers", "conv2", "head", "--fine-tune-epochs", "1",
                 "--train-limit", "40", "--batch-size", "20", "--precision", "float32"]) == 0
-    results = json.load(open(tmp_path / "results" / "part2.json"))
+    results = stored_run(out, "part2")
     assert set(results["layer_sensitivity"]) == {"conv2", "head"}
     assert results["layer_sensitivity"]["conv2"]["index"] == 2
     assert results["layer_sensitivity"]["head"]["test_accuracy"][0] == pytest.approx(
@@ -228,16 +227,16 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch)
     assert run(["--plot-only", "--output-dir", out]) == 0
     assert (tmp_path / "figures" / "part2_finetune.png").exists()
 
-    # The trade-off figure needs Part 3 results measured on the same model.
+    # The trade-off figure needs Part 3 results measured on the same model and data.
     part3 = {"settings": dict(results["settings"], model_sha256="another model"),
              "sweep": [{"k": 4, "params": 100, "test_accuracy": 0.5,
                         "fine_tuned_test_accuracy": 0.6, "fine_tune_epochs": 1}]}
     tradeoff = tmp_path / "figures" / "compression_tradeoff.png"
-    write_json(str(tmp_path / "results" / "part3.json"), part3)
+    write_json(str(tmp_path / "results" / "part3.json"), {"runs": [part3]})
     assert run(["--plot-only", "--output-dir", out]) == 0
     assert not tradeoff.exists()
     part3["settings"] = results["settings"]
-    write_json(str(tmp_path / "results" / "part3.json"), part3)
+    write_json(str(tmp_path / "results" / "part3.json"), {"runs": [part3]})
     assert run(["--plot-only", "--output-dir", out]) == 0
     assert tradeoff.read_bytes().startswith(b"\x89PNG")
 
