@@ -205,7 +205,8 @@ def main(argv=None):
         if k not in wanted:
             continue  # a stored row without its model: kept as it is, not timed
         if row is not None and not args.force:
-            print(f"k={k}: {model_file} is not the model of the stored row; re-making it")
+            why = "is absent" if not os.path.exists(model_file) else "is another model"
+            print(f"k={k}: the stored row's model file {model_file} {why}; re-making both")
         decomposed[k], row = decompose_and_measure(original, k, train, test, args, settings)
         decomposed[k].save(model_file)
         row["model_sha256"] = file_digest(model_file)

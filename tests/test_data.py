@@ -127,3 +127,20 @@ def test_preprocess_scales_and_one_hot_encodes():
     expected = np.zeros((2, 10), np.float32)
     expected[0, 3] = expected[1, 9] = 1
     np.testing.assert_array_equal(y, expected)
+
+
+def test_a_batch_path_that_is_a_folder_is_named(batch_folder):
+    (batch_folder / "data_batch_3").unlink()
+    (batch_folder / "data_batch_3").mkdir()
+    with pytest.raises(DataError, match="data_batch_3: is a folder"):
+        load_cifar10(str(batch_folder.parent))
+
+
+def test_the_fingerprint_names_the_arrays_not_the_path(tiny_cifar, tiny_cifar_archive):
+    from common.data import fingerprint
+    train, test, source = load_cifar10(tiny_cifar[0])
+    from_archive = fingerprint(*load_cifar10(tiny_cifar_archive))
+    assert fingerprint(train, test, source) == from_archive
+    changed = (train[0].copy(), train[1])
+    changed[0][0, 0, 0, 0] ^= 1
+    assert fingerprint(changed, test, source) != from_archive

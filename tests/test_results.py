@@ -1,0 +1,319 @@
+"""The results store and the run set-up: keyed runs, locks, kills, bad paths."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import part1_cnn
+import part2_prune
+import part3_tucker
+from common import cli
+from common.data import fingerprint, load_cifar10
+from common.results import ResultsStore, file_digest, settings_label, write_json
+from common.training import check_checkpoint
+from tests.conftest import stored_run
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = {"part1": part1_cnn, "part2": part2_prune, "part3": part3_tucker}
+FAST = ["--train-limit", "60", "--batch-size", "30", "--epochs", "1"]
+
+
+def python(code, *args, cwd=REPO):
+    """Run `code` in a fresh interpreter (a real process: real locks, real kills)."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+# ---- the store ----------------------------------------------------------------
+
+def test_runs_with_other_settings_are_kept_beside_each_other(tmp_path):
+    store = ResultsStore(str(tmp_path / "part9.json"))
+    store.update({"seed": 0}, lambda run: run.update(rows={"a": 1}))
+    store.update({"seed": 1}, lambda run: run.update(rows={"a": 2}))
+    store.update({"seed": 0}, lambda run: run["rows"].update(b=3))
+    assert [run["settings"] for run in store.runs()] == [{"seed": 0}, {"seed": 1}]
+    assert store.find({"seed": 0})["rows"] == {"a": 1, "b": 3}
+    assert store.find({"seed": 1})["rows"] == {"a": 2}
+    assert store.figures_dir(str(tmp_path), {"seed": 0}) == str(tmp_path)  # the primary run
+    assert store.figures_dir(str(tmp_path), {"seed": 1}).endswith(
+        f"run-{settings_label({'seed': 1})}")
+
+
+def test_backup_keeps_the_file_as_it_was(tmp_path):
+    store = ResultsStore(str(tmp_path / "part9.json"))
+    store.update({"seed": 0}, lambda run: run.update(value=1))
+    backup = store.backup()
+    store.update({"seed": 0}, lambda run: run.update(value=2))
+    assert json.load(open(backup))["runs"][0]["value"] == 1
+    assert store.find({"seed": 0})["value"] == 2
+
+
+@pytest.mark.parametrize("content", [b"[]", b"null", b"{}", b'{"runs": [1]}', b"\xff\xfe{",
+                                     b'{"runs": '])
+def test_a_file_of_the_wrong_shape_is_named(tmp_path, content):
+    path = tmp_path / "part9.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="part9.json: "):
+        ResultsStore(str(path))
+
+
+def test_a_folder_in_place_of_the_file_is_named(tmp_path):
+    (tmp_path / "part9.json").mkdir()
+    with pytest.raises(ValueError, match="part9.json: is a folder"):
+        ResultsStore(str(tmp_path / "part9.json"))
+
+
+def test_two_processes_updating_one_file_keep_every_row(tmp_path):
+    writer = """
+        import os, sys, time
+        from common.results import ResultsStore
+        store = ResultsStore(sys.argv[1])
+        while not os.path.exists(sys.argv[1] + ".go"):  # both start writing together
+            time.sleep(0.001)
+        for i in range(200):
+            store.update({"seed": 0}, lambda run: run.setdefault("rows", {}).update(
+                {f"{sys.argv[2]}{i}": i}))
+    """
+    path = str(tmp_path / "part9.json")
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(writer), path, name],
+                              cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO))
+             for name in ("a", "b")]
+    time.sleep(1)
+    open(path + ".go", "w").close()
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    rows = ResultsStore(path).find({"seed": 0})["rows"]
+    assert len(rows) == 400  # without the lock, one writer's rows overwrite the other's
+
+
+# ---- part scripts: concurrent runs, other settings, --force -------------------------
+
+def test_two_part1_runs_into_one_folder_keep_both_experiments(tiny_cifar, tmp_path):
+    procs = [subprocess.Popen([sys.executable, "part1_cnn.py", "--data-dir", tiny_cifar[0],
+                               "--output-dir", str(tmp_path), "--experiments", name, *FAST],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for name in ("baseline", "lr1")]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
+    run = stored_run(tmp_path, "part1")
+    assert {n for n, e in run["experiments"].items() if e["complete"]} == {"baseline", "lr1"}
+
+
+def test_other_settings_are_stored_beside_and_drawn_apart(tiny_cifar, tmp_path):
+    out = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--experiments",
+           "baseline"]
+    assert cli.run_main(part1_cnn.main, out + FAST) == 0
+    first = stored_run(tmp_path, "part1")
+    assert cli.run_main(part1_cnn.main, out + FAST[2:] + ["--train-limit", "40"]) == 0
+    assert stored_run(tmp_path, "part1") == first  # the first run is untouched
+    second = stored_run(tmp_path, "part1", index=1)
+    assert second["settings"]["train_limit"] == 40
+    figures = tmp_path / "figures" / f"run-{settings_label(second['settings'])}"
+    assert (figures / "part1_step4_baseline.png").exists()
+
+
+def test_force_keeps_a_backup(tiny_cifar, tmp_path, capsys):
+    out = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--experiments", "lr1"]
+    assert cli.run_main(part1_cnn.main, out + FAST) == 0
+    before = stored_run(tmp_path, "part1")
+    assert cli.run_main(part1_cnn.main, out + FAST + ["--force"]) == 0
+    (backup,) = (tmp_path / "results").glob("part1.backup-*.json")
+    assert json.load(open(backup))["runs"][0] == before
+    assert str(backup) in capsys.readouterr().out
+
+
+def test_a_stored_experiment_of_another_configuration_is_refused(tiny_cifar, tmp_path,
+                                                                 monkeypatch, capsys):
+    out = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--experiments", "lr1"]
+    assert cli.run_main(part1_cnn.main, out + FAST) == 0
+    monkeypatch.setitem(part1_cnn.EXPERIMENTS, "lr1",
+                        dict(part1_cnn.EXPERIMENTS["lr1"], learning_rate=0.5))
+    capsys.readouterr()
+    assert cli.run_main(part1_cnn.main, out + FAST) == 2
+    err = capsys.readouterr().err.strip()
+    assert "learning_rate" in err and "--force" in err and "--output-dir" in err
+    assert len(err.splitlines()) == 1
+
+
+# ---- Part 3 on a fresh clone: committed rows without their model files ----------------
+
+def test_part3_one_k_keeps_the_rows_whose_models_are_absent(tiny_cifar, tiny_model_file,
+                                                            tmp_path):
+    train, test, source = load_cifar10(tiny_cifar[0])
+    settings = {"model_sha256": file_digest(tiny_model_file), **fingerprint(train, test, source),
+                "train_limit": None, "seed": 0, "fine_tune": None}
+    committed = [{"k": k, "test_accuracy": k / 10, "params": 1000 * k, "flops": 10 ** 6 * k,
+                  "fine_tune_epochs": 0, "fine_tune_precision": None,
+                  "fine_tuned_test_accuracy": None, "test_accuracy_recalibrated": k / 10,
+                  "forward_seconds": {"median": 1.0, "min": 1.0, "max": 1.0, "all": [1.0]},
+                  "time_ratio": 0.5} for k in range(1, 9)]
+    os.makedirs(tmp_path / "results")
+    write_json(str(tmp_path / "results" / "part3.json"), {"runs": [
+        {"settings": settings, "sweep": committed}]})
+    assert cli.run_main(part3_tucker.main, [
+        "--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--model", tiny_model_file,
+        "--layer", "conv3", "--k", "4", "--timing-repeats", "1"]) == 0
+    (run,) = json.load(open(tmp_path / "results" / "part3.json"))["runs"]
+    assert [r for r in run["sweep"] if r["k"] != 4] == [r for r in committed if r["k"] != 4]
+    (k4,) = [r for r in run["sweep"] if r["k"] == 4]
+    assert k4["params"] != 4000 and k4["model_sha256"] == file_digest(
+        tmp_path / "models" / "tucker_k4.keras")
+    assert run["timing"]["timed"] == [4]
+    assert (tmp_path / "figures" / "part3_forward_time_vs_k.png").exists()
+
+
+def test_part2_and_part3_use_the_repository_model_when_the_folder_has_none(tmp_path):
+    assert cli.model_path(None, str(tmp_path)) == os.path.join(REPO, "models",
+                                                               "reference.keras")
+    own = tmp_path / "models" / "reference.keras"
+    own.parent.mkdir()
+    own.write_bytes(b"")
+    assert cli.model_path(None, str(tmp_path)) == str(own)
+
+
+# ---- kills: a SIGKILL while the checkpoint is written, then the same command ----------
+
+KILL_DURING_SECOND_CHECKPOINT = """
+    import os, signal, sys
+    import keras
+    import part1_cnn
+    from common import cli
+    real_save = keras.Model.save_weights
+    calls = []
+
+    def torn_save(self, filepath, *args, **kwargs):
+        calls.append(filepath)
+        if len(calls) < 2:
+            return real_save(self, filepath, *args, **kwargs)
+        real_save(self, filepath, *args, **kwargs)
+        with open(filepath, "r+b") as f:       # the kill lands halfway through the write
+            f.truncate(os.path.getsize(filepath) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    keras.Model.save_weights = torn_save
+    sys.exit(cli.run_main(part1_cnn.main, sys.argv[1:]))
+"""
+
+
+def test_sigkill_during_a_checkpoint_write_then_the_same_command_resumes(tiny_cifar, tmp_path):
+    args = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--experiments",
+            "maxpool", "--train-limit", "60", "--batch-size", "30", "--epochs", "3"]
+    killed = python(KILL_DURING_SECOND_CHECKPOINT, *args)
+    assert killed.returncode == -9, killed.stderr
+    assert [e["epoch"] for e in stored_run(tmp_path, "part1")["experiments"]["maxpool"]
+            ["epochs"]] == [1, 2]
+    again = subprocess.run([sys.executable, "part1_cnn.py", *args], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "last checkpoint damaged" in again.stdout and "resuming" in again.stdout
+    entry = stored_run(tmp_path, "part1")["experiments"]["maxpool"]
+    assert [e["epoch"] for e in entry["epochs"]] == [1, 2, 3] and entry["complete"]
+
+
+def test_a_checkpoint_with_a_torn_metadata_file_falls_back(tmp_path):
+    import keras
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.save_weights(str(tmp_path / "latest.weights.h5"))
+    (tmp_path / "latest.weights.h5.bkp").write_bytes((tmp_path / "latest.weights.h5").read_bytes())
+    (tmp_path / "training_metadata.json").write_text('{"epoch": ')
+    (tmp_path / "training_metadata.json.bkp").write_text('{"epoch": 1, "batch": 0}')
+    check_checkpoint(str(tmp_path))
+    assert json.loads((tmp_path / "training_metadata.json").read_text())["epoch"] == 1
+
+
+def test_a_checkpoint_that_cannot_be_used_is_named_in_one_line(tiny_cifar, tmp_path, capsys):
+    args = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--experiments",
+            "lr1", *FAST]
+    train, test, source = load_cifar10(tiny_cifar[0])
+    settings = part1_cnn.run_settings(part1_cnn.parse_args(args), fingerprint(train, test, source))
+    folder = tmp_path / "checkpoints" / f"part1_lr1-{settings_label(settings)}"
+    folder.mkdir(parents=True)
+    (folder / "latest.weights.h5").write_bytes(b"")
+    (folder / "training_metadata.json").write_text('{"epoch": 1}')
+    results = tmp_path / "results"
+    results.mkdir()
+    write_json(str(results / "part1.json"), {"runs": [{"settings": settings, "experiments": {
+        "lr1": {"config": part1_cnn.experiment_config("lr1", part1_cnn.parse_args(args)),
+                "epochs": [], "complete": False}}}]})
+    assert cli.run_main(part1_cnn.main, args) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{folder}: damaged checkpoint" in err and len(err.splitlines()) == 1
+
+
+# ---- bad paths: exit 2, one line naming the path, before any training -----------------
+
+def one_line_error(script, argv, capsys):
+    assert cli.run_main(SCRIPTS[script].main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_output_dir_that_is_a_file_or_under_proc(script, tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert "not a folder" in one_line_error(script, ["--output-dir", str(a_file)], capsys)
+    assert "/proc/none" in one_line_error(script, ["--output-dir", "/proc/none"], capsys)
+
+
+def test_read_only_results_folder_fails_before_training(tmp_path, monkeypatch, capsys):
+    (tmp_path / "results").mkdir()
+    os.chmod(tmp_path / "results", 0o500)
+    if os.access(tmp_path / "results", os.W_OK):  # root writes anyway: refuse as the OS would
+        real = cli.tempfile.TemporaryFile
+
+        def read_only(*args, dir=None, **kwargs):
+            if dir == str(tmp_path / "results"):
+                raise PermissionError(13, "Permission denied")
+            return real(*args, dir=dir, **kwargs)
+        monkeypatch.setattr(cli.tempfile, "TemporaryFile", read_only)
+    err = one_line_error("part1", ["--output-dir", str(tmp_path)], capsys)
+    assert "results cannot be written (Permission denied)" in err
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("content", [b"[]", b"null", b"{}", b"\xff{", "folder"])
+def test_a_bad_results_file_fails_before_anything_runs(script, content, tmp_path, capsys):
+    path = tmp_path / "results" / f"{script}.json"
+    path.parent.mkdir()
+    path.mkdir() if content == "folder" else path.write_bytes(content)
+    for extra in ([], ["--plot-only"]):  # --plot-only on {} too: never a silent exit 0
+        assert str(path) in one_line_error(script, ["--output-dir", str(tmp_path), *extra],
+                                           capsys)
+
+
+def test_an_unreadable_part3_file_only_skips_the_tradeoff_figure(tmp_path, capsys):
+    (tmp_path / "results").mkdir()
+    write_json(str(tmp_path / "results" / "part2.json"), {"runs": [
+        {"settings": {"model_sha256": "m", "data_sha256": "d"},
+         "global": {"sparsity": [0.5], "test_accuracy": [0.5], "nonzero_params": [10]}}]})
+    (tmp_path / "results" / "part3.json").write_text("[")
+    assert cli.run_main(part2_prune.main, ["--plot-only", "--output-dir", str(tmp_path)]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("warning: ") and "part3.json" in err and len(err.splitlines()) == 1
+
+
+# ---- start-up noise ------------------------------------------------------------------
+
+def test_a_missing_model_is_one_line_before_tensorflow_is_imported(tmp_path):
+    check = python("""
+        import sys
+        import part3_tucker
+        from common import cli
+        code = cli.run_main(part3_tucker.main, sys.argv[1:])
+        print("tensorflow" in sys.modules, code)
+    """, "--model", str(tmp_path / "none.keras"), "--output-dir", str(tmp_path))
+    assert check.stdout.split() == ["False", "2"]
+    assert check.stderr.strip().endswith("none.keras: model file not found")
+    assert len(check.stderr.strip().splitlines()) == 1
+
+
+def test_loading_the_backend_prints_nothing():
+    check = python("from common import cli; cli.load_backend(); print('ok')")
+    assert check.returncode == 0 and check.stdout == "ok\n"
+    assert check.stderr == ""
