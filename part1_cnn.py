@@ -178,10 +178,8 @@ def run_experiment(name, config, train, test, paths, store, settings):
     model, classifier, callbacks = build_model(config, train[0])
 
     def on_record(record):
-        def add(run):
-            entry = run["experiments"][name]
-            entry["epochs"] = merge_epoch(entry["epochs"], record)
-        store.update(settings, add)
+        store.update(settings, lambda run: run["experiments"][name].update(
+            epochs=merge_epoch(run["experiments"][name]["epochs"], record)))
 
     fit_resumable(model, train, test, epochs=config["epochs"],
                   batch_size=config["batch_size"],
@@ -198,10 +196,9 @@ def run_experiment(name, config, train, test, paths, store, settings):
     else:
         classifier.save(os.path.join(paths["models"], f"part1_{name}.keras"))
 
-    def finish(run):
-        entry = run["experiments"][name]
-        entry.update(final_test_accuracy=entry["epochs"][-1]["test_accuracy"], complete=True)
-    return store.update(settings, finish)["experiments"][name]
+    return store.update(settings, lambda run: run["experiments"][name].update(
+        final_test_accuracy=entry["epochs"][-1]["test_accuracy"], complete=True)
+    )["experiments"][name]
 
 
 def checkpoint_dir(paths, name, settings):
@@ -214,27 +211,6 @@ def run_settings(args, data_id):
     return {**data_id, "train_limit": args.train_limit, "seed": args.seed,
             "epochs": args.epochs, "batch_size": args.batch_size,
             "precision": precision.resolve(args.precision)}
-
-
-def plan(experiments, names, args, results_path):
-    """(name, config, resume?) for each experiment to train; one line (ValueError)
-    if one is stored with another configuration and --force is not given."""
-    todo = []
-    for name in names:
-        config = experiment_config(name, args)
-        stored = experiments.get(name)
-        if stored and stored["config"] != config and not args.force:
-            changed = sorted(k for k in {*config, *stored["config"]}
-                             if config.get(k) != stored["config"].get(k))
-            raise ValueError(f"{results_path}: {name} is stored with another configuration "
-                             f"({', '.join(changed)}); --force replaces it (a backup is kept), "
-                             f"--output-dir DIR writes elsewhere")
-        if stored and stored.get("complete") and not args.force:
-            print(f"{name}: done ({stored['final_test_accuracy']:.4f}), skipped; "
-                  f"--force reruns it")
-            continue
-        todo.append((name, config, bool(stored) and not args.force))
-    return todo
 
 
 def plot_figures(run, figures_dir):
@@ -251,21 +227,26 @@ def main(argv=None):
     store = ResultsStore(os.path.join(paths["results"], RESULTS_FILE))
     if args.plot_only:
         return cli.plot_every_run(store, paths["figures"], plot_figures)
-    from common.data import fingerprint, load_cifar10, preprocess
-    (x_train, y_train), test, source = load_cifar10(args.data_dir)
-    data_id = fingerprint((x_train, y_train), test, source)
-    train = preprocess(x_train[:args.train_limit], y_train[:args.train_limit])
-    test = preprocess(*test)
-
+    from common.data import load_for_run
+    train, test, source, data_id = load_for_run(args.data_dir, args.train_limit)
     cli.load_backend()
     settings = run_settings(args, data_id)
     meta = run_metadata(source)
-    stored = store.find(settings) or {}
-    todo = plan(stored.get("experiments", {}), args.experiments, args, store.path)
-    cli.back_up_if_forced(store, settings, args.force and todo)
-    for name, config, resume in todo:
-        if resume:
-            print(f"{name}: resuming after epoch {len(stored['experiments'][name]['epochs'])}")
+    stored = (store.find(settings) or {}).get("experiments", {})  # name -> entry
+    configs = {name: experiment_config(name, args) for name in args.experiments}
+    changed = [n for n in configs if n in stored and stored[n]["config"] != configs[n]]
+    if changed and not args.force:
+        raise ValueError(f"{store.path}: {', '.join(changed)} stored with another "
+                         "configuration; --force replaces it (a backup is kept), "
+                         "--output-dir DIR writes elsewhere")
+    cli.back_up_if_forced(store, settings, args.force and bool(set(stored) & set(configs)))
+    for name, config in configs.items():
+        entry = None if args.force else stored.get(name)
+        if entry and entry["complete"]:
+            print(f"{name}: done ({entry['final_test_accuracy']:.4f}), skipped; --force reruns it")
+            continue
+        if entry:
+            print(f"{name}: resuming after epoch {len(entry['epochs'])}")
         else:
             shutil.rmtree(checkpoint_dir(paths, name, settings), ignore_errors=True)
             entry = {"config": config, "epochs": [], "complete": False, "meta": meta}

@@ -22,12 +22,12 @@ rates, fine-tuning recipe); a rerun with the same settings skips finished
 pieces unless --force.
 """
 
+import functools
 import os
-import sys
 
 from common import cli
-from common.data import fingerprint, load_cifar10, preprocess
-from common.results import ResultsStore, file_digest, run_metadata, upsert
+from common.data import load_for_run
+from common.results import ResultsStore, file_digest, run_metadata, runs_of_other_part, upsert
 
 # ---- configuration ---------------------------------------------------------
 # The study's rates, plus 95% and 99% where deep layers finally break.
@@ -257,23 +257,6 @@ def run_settings(args, model_sha256, data_id):
             "fine_tune": fine_tune_settings(args) if args.fine_tune_epochs else None}
 
 
-def matching_part3_run(run, part3_path):
-    """The Part 3 run on the same model and data, or None (a warning line when
-    part3.json cannot be read: only the trade-off figure needs it)."""
-    try:
-        runs = ResultsStore(part3_path).runs()
-    except ValueError as err:
-        print(f"warning: {err}; compression_tradeoff.png not drawn", file=sys.stderr)
-        return None
-    same = ("model_sha256", "data_sha256")
-    for part3 in runs:
-        if all(part3["settings"][key] == run["settings"][key] for key in same):
-            return part3
-    print(f"compression_tradeoff.png not drawn: {part3_path} has no run on the same model "
-          f"and data; run part3_tucker.py with the same --model and --data-dir")
-    return None
-
-
 def plot_figures(run, part3_path, figures_dir):
     from common import plots
     written = []
@@ -285,10 +268,12 @@ def plot_figures(run, part3_path, figures_dir):
             run, os.path.join(figures_dir, "part2_global_vs_uniform.png")))
     if run.get("finetune"):
         written.append(plots.plot_finetune(run, os.path.join(figures_dir, "part2_finetune.png")))
-    part3 = matching_part3_run(run, part3_path) if run.get("global") else None
-    if part3 is not None and part3.get("sweep"):
+    # Pruning and Tucker-2 are compared on one model and one data set only.
+    same = [part3 for part3 in runs_of_other_part(part3_path) if part3.get("sweep") and all(
+        part3["settings"][key] == run["settings"][key] for key in ("model_sha256", "data_sha256"))]
+    if same and run.get("global"):
         written.append(plots.plot_compression_tradeoff(
-            run, part3, os.path.join(figures_dir, "compression_tradeoff.png")))
+            run, same[0], os.path.join(figures_dir, "compression_tradeoff.png")))
     if not written:
         print("no figure drawn: the run has no finished measurement yet")
     for path in written:
@@ -304,9 +289,7 @@ def main(argv=None):
         return cli.plot_every_run(store, paths["figures"],
                                   lambda run, folder: plot_figures(run, part3_path, folder))
     model_path = cli.model_path(args.model, args.output_dir)
-    (x_train, y_train), test, source = load_cifar10(args.data_dir)
-    data_id = fingerprint((x_train, y_train), test, source)
-
+    train, test, source, data_id = load_for_run(args.data_dir, args.train_limit)
     cli.load_backend()
     from common import measure, models, pruning
     model = models.load_classifier(model_path)
@@ -315,8 +298,6 @@ def main(argv=None):
     if unknown:
         raise ValueError(f"--layers: no Conv2D or Dense layer named {', '.join(unknown)}; "
                          f"choose from {', '.join(names)}")
-    test = preprocess(*test)
-    train = preprocess(x_train[:args.train_limit], y_train[:args.train_limit])
     settings = run_settings(args, file_digest(model_path), data_id)
     cli.back_up_if_forced(store, settings, args.force)
 
@@ -328,14 +309,11 @@ def main(argv=None):
           f"{dense['dense_params']:,} weights")
     run = store.update(settings, lambda run: run.update(dense),
                        meta={**run_metadata(source), "model": model_path})
-    if args.force:
-        run = {}
+    run = {} if args.force else run  # what is done already: skipped
 
-    def save_layer(name, row):
-        store.update(settings, lambda run: run.setdefault("layer_sensitivity", {})
-                     .update({name: row}))
     layer_sensitivity(model, test, args.layers or names, args.rates,
-                      run.get("layer_sensitivity", {}), save_layer)
+                      run.get("layer_sensitivity", {}),
+                      functools.partial(store.put, settings, "layer_sensitivity"))
     for kind in ("global", "uniform"):
         sparsity_curve(model, test, kind, SPARSITIES, train[0][:RECALIBRATION_IMAGES],
                        run.get(kind), lambda curve, kind=kind: store.update(

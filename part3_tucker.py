@@ -13,20 +13,17 @@ against rank, and optionally accuracy after a short fine-tuning.
     python part3_tucker.py --k 4 --fine-tune 3   # and retrain 3 epochs
     python part3_tucker.py --plot-only           # redraw figures from the JSON
 
-The model is models/reference.keras of --output-dir, else the repository's
-(committed; made by `python part1_cnn.py --experiments reference`); --model
-takes any .keras CIFAR-10 classifier. Each k's row goes to results/part3.json
-as it is measured, keyed by the settings (model and data digests, limits,
-seed, fine-tuning), and its model to models/tucker_k<k>.keras; a k already
-there with the same settings and model file is reused unless --force. Rows
-whose model file is absent (as on a fresh clone) are kept as they are and
-are not timed.
+The model is models/reference.keras (of --output-dir, else the committed one);
+--model takes any .keras CIFAR-10 classifier. Each k's row goes to
+results/part3.json, keyed by the settings, and its model to
+models/tucker_k<k>.keras; a k done with the same settings is reused unless
+--force. Rows whose model file is absent (a fresh clone) are kept, not timed.
 """
 
 import os
 
 from common import cli
-from common.data import fingerprint, load_cifar10, preprocess
+from common.data import load_for_run
 from common.results import ResultsStore, file_digest, run_metadata, upsert
 
 # ---- configuration ---------------------------------------------------------
@@ -170,15 +167,11 @@ def main(argv=None):
     if args.plot_only:
         return cli.plot_every_run(store, paths["figures"], plot_figures)
     model_path = cli.model_path(args.model, args.output_dir)
-    (x_train, y_train), test, source = load_cifar10(args.data_dir)
-    data_id = fingerprint((x_train, y_train), test, source)
-
+    train, test, source, data_id = load_for_run(args.data_dir, args.train_limit)
     cli.load_backend()
     from common import measure, models, training
     original = models.load_classifier(model_path)
     reconstruction = reconstruction_curves(original, args.layer)  # a bad --layer fails here
-    test = preprocess(*test)
-    train = preprocess(x_train[:args.train_limit], y_train[:args.train_limit])
     settings = run_settings(args, file_digest(model_path), data_id)
     cli.back_up_if_forced(store, settings, args.force)
     run = store.update(settings, lambda run: run.update(reconstruction=reconstruction),
@@ -205,8 +198,7 @@ def main(argv=None):
         if k not in wanted:
             continue  # a stored row without its model: kept as it is, not timed
         if row is not None and not args.force:
-            why = "is absent" if not os.path.exists(model_file) else "is another model"
-            print(f"k={k}: the stored row's model file {model_file} {why}; re-making both")
+            print(f"k={k}: {model_file} is not the stored row's model; re-making both")
         decomposed[k], row = decompose_and_measure(original, k, train, test, args, settings)
         decomposed[k].save(model_file)
         row["model_sha256"] = file_digest(model_file)
@@ -221,15 +213,13 @@ def main(argv=None):
 
     def record_timing(run):
         run.update(original=original_row, timing=timing)
-        for row in run.get("sweep", []):
-            if row["k"] in decomposed:
-                row["forward_seconds"] = seconds[f"k{row['k']}"]
-                row["time_ratio"] = row["forward_seconds"]["median"] / \
-                    original_row["forward_seconds"]["median"]
-                row["flops_ratio"] = row["flops"] / original_row["flops"]
-                row["params_ratio"] = row["params"] / original_row["params"]
-                print_row(f"k={row['k']}", row["fine_tuned_test_accuracy"] or row["test_accuracy"],
-                          row["params"], row["flops"], row["time_ratio"], row["flops_ratio"])
+        for row in (r for r in run.get("sweep", []) if r["k"] in decomposed):
+            row["forward_seconds"] = seconds[f"k{row['k']}"]
+            row["time_ratio"] = row["forward_seconds"]["median"] / seconds["original"]["median"]
+            row["flops_ratio"] = row["flops"] / original_row["flops"]
+            row["params_ratio"] = row["params"] / original_row["params"]
+            print_row(f"k={row['k']}", row["fine_tuned_test_accuracy"] or row["test_accuracy"],
+                      row["params"], row["flops"], row["time_ratio"], row["flops_ratio"])
     run = store.update(settings, record_timing)
     plot_figures(run, store.figures_dir(paths["figures"], settings))
     return 0

@@ -233,6 +233,16 @@ def fingerprint(train, test, source):
             "data_sha256": digest.hexdigest()}
 
 
+def load_for_run(data_dir, train_limit=None):
+    """What a part script trains and tests on: (train, test, source, data_id),
+    train and test preprocessed (train cut to its first `train_limit` images),
+    `data_id` the fingerprint of the full set (see `fingerprint`)."""
+    (x_train, y_train), test, source = load_cifar10(data_dir)
+    data_id = fingerprint((x_train, y_train), test, source)
+    return (preprocess(x_train[:train_limit], y_train[:train_limit]), preprocess(*test),
+            source, data_id)
+
+
 def preprocess(images, labels):
     """Scale pixels to float32 in [0, 1] and one-hot encode labels, as the study does.
 

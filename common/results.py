@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 
@@ -116,6 +117,10 @@ class ResultsStore:
                              f"{self.path}.lock") from None
         return copy.deepcopy(run)
 
+    def put(self, settings, section, key, value):
+        """Store `value` as `run[section][key]` of the run with these settings."""
+        return self.update(settings, lambda run: run.setdefault(section, {}).update({key: value}))
+
     def backup(self):
         """Copy the file beside itself with the time in its name (what --force
         replaces is kept there); returns the copy's path, None without a file."""
@@ -135,6 +140,16 @@ class ResultsStore:
         folder = os.path.join(figures_root, f"run-{settings_label(settings)}")
         os.makedirs(folder, exist_ok=True)
         return folder
+
+
+def runs_of_other_part(path):
+    """The runs in another part's results file, for a figure that compares the
+    two; [] with one warning line when the file cannot be read."""
+    try:
+        return ResultsStore(path).runs()
+    except ValueError as err:
+        print(f"warning: {err}; the figure that needs it is skipped", file=sys.stderr)
+        return []
 
 
 def upsert(rows, key, row):

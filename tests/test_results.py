@@ -135,7 +135,8 @@ def test_a_stored_experiment_of_another_configuration_is_refused(tiny_cifar, tmp
     capsys.readouterr()
     assert cli.run_main(part1_cnn.main, out + FAST) == 2
     err = capsys.readouterr().err.strip()
-    assert "learning_rate" in err and "--force" in err and "--output-dir" in err
+    assert "lr1 stored with another configuration" in err
+    assert "--force" in err and "--output-dir" in err
     assert len(err.splitlines()) == 1
 
 
