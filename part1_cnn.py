@@ -217,7 +217,11 @@ def plot_figures(run, figures_dir):
     from common.plots import PART1_FIGURES
     experiments = run.get("experiments", {})
     for filename, (plot, needs) in PART1_FIGURES.items():
-        if all(experiments.get(n, {}).get("epochs") for n in needs):
+        missing = [n for n in needs if not experiments.get(n, {}).get("epochs")]
+        if missing:
+            print(f"{filename} not drawn: it needs {' and '.join(needs)} "
+                  f"(run --experiments {' '.join(missing)})")
+        else:
             print("wrote", plot(experiments, os.path.join(figures_dir, filename)))
 
 

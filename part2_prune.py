@@ -11,7 +11,8 @@ model as teacher while the pruning tightens to its final masks; and the bytes
 a pruned model takes on disk, dense, gzipped and in a sparse format.
 
     python part2_prune.py                              # everything (~50 min on 2 cores)
-    python part2_prune.py --layers block2_conv1 --rates 0.5 0.9
+    python part2_prune.py --layers block1_conv1 --rates 0 0.5 0.9 --sparsities 0.5 0.9 \
+        --fine-tune-epochs 0                           # a quick run (~2 min)
     python part2_prune.py --plot-only                  # redraw figures from the JSON
 
 The model is models/reference.keras of --output-dir, else the repository's
@@ -83,6 +84,10 @@ def parse_args(argv=None):
     parser.add_argument("--rates", type=cli.unit_fraction("rate"), nargs="+", metavar="RATE",
                         default=list(RATES), help="prune rates for the per-layer "
                         "sensitivity, each in [0, 1) (default: 0, 0.1, ..., 0.9, 0.95, 0.99)")
+    parser.add_argument("--sparsities", type=cli.unit_fraction("sparsity"), nargs="+",
+                        metavar="S", default=list(SPARSITIES),
+                        help="overall sparsities of the global vs uniform sweeps "
+                             "(default: 0.1, ..., 0.9, 0.95, 0.98; ~15 s each)")
     parser.add_argument("--layers", nargs="+", metavar="NAME",
                         help="layers for the per-layer sensitivity (default: every "
                              "Conv2D and Dense layer)")
@@ -161,6 +166,8 @@ def sparsity_curve(model, test, kind, sparsities, recalibration_images, curve=No
     if curve.get("sparsity") != list(sparsities):
         curve.clear()
         curve.update({"sparsity": list(sparsities), **{c: [] for c in columns}})
+    if len(curve["test_accuracy_recalibrated"]) == len(sparsities):
+        print(f"{kind} sweep: done, skipped")
     for s in sparsities[len(curve["test_accuracy_recalibrated"]):]:
         with pruning.pruned(model, masks_at(model, kind, s)):
             row = (evaluate(model, test), accuracy_after(model, test, recalibrate),
@@ -253,7 +260,7 @@ def size_summary(results):
 def run_settings(args, model_sha256, data_id):
     """Everything that changes this part's numbers: results are keyed by it."""
     return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,
-            "seed": args.seed, "rates": list(args.rates),
+            "seed": args.seed, "rates": list(args.rates), "sparsities": list(args.sparsities),
             "fine_tune": fine_tune_settings(args) if args.fine_tune_epochs else None}
 
 
@@ -274,8 +281,11 @@ def plot_figures(run, part3_path, figures_dir):
     if same and run.get("global"):
         written.append(plots.plot_compression_tradeoff(
             run, same[0], os.path.join(figures_dir, "compression_tradeoff.png")))
-    if not written:
-        print("no figure drawn: the run has no finished measurement yet")
+    if not run.get("finetune"):
+        print("part2_finetune.png not drawn: no fine-tuning in this run (--fine-tune-epochs 0)")
+    if not same:
+        print(f"compression_tradeoff.png not drawn: {part3_path} has no run on the same "
+              "model and data (run part3_tucker.py with the same --model and --data-dir)")
     for path in written:
         print("wrote", path)
 
@@ -308,14 +318,14 @@ def main(argv=None):
     print(f"dense: {dense['dense_test_accuracy']:.4f} test accuracy, "
           f"{dense['dense_params']:,} weights")
     run = store.update(settings, lambda run: run.update(dense),
-                       meta={**run_metadata(source), "model": model_path})
+                       meta={**run_metadata(source), "model": cli.shown_path(model_path)})
     run = {} if args.force else run  # what is done already: skipped
 
     layer_sensitivity(model, test, args.layers or names, args.rates,
                       run.get("layer_sensitivity", {}),
                       functools.partial(store.put, settings, "layer_sensitivity"))
     for kind in ("global", "uniform"):
-        sparsity_curve(model, test, kind, SPARSITIES, train[0][:RECALIBRATION_IMAGES],
+        sparsity_curve(model, test, kind, args.sparsities, train[0][:RECALIBRATION_IMAGES],
                        run.get(kind), lambda curve, kind=kind: store.update(
                            settings, lambda run: run.update({kind: curve})))
 

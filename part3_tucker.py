@@ -175,7 +175,7 @@ def main(argv=None):
     settings = run_settings(args, file_digest(model_path), data_id)
     cli.back_up_if_forced(store, settings, args.force)
     run = store.update(settings, lambda run: run.update(reconstruction=reconstruction),
-                       meta={**run_metadata(source), "model": model_path})
+                       meta={**run_metadata(source), "model": cli.shown_path(model_path)})
 
     original_row = {"test_accuracy": training.test_accuracy(original, test),
                     "params": measure.count_params(original),

@@ -133,6 +133,12 @@ def model_path(model_option, output_dir):
     return path
 
 
+def shown_path(path):
+    """`path` relative to the repository when inside it (as results record it)."""
+    relative = os.path.relpath(os.path.abspath(path), REPO_ROOT)
+    return path if relative.startswith(os.pardir) else relative
+
+
 def load_backend():
     """Import Keras and its backend with the C++ start-up notices hidden.
 

@@ -1,15 +1,17 @@
 """Markdown tables of the committed results, beside the study's numbers.
 
-    python -m common.report            # prints every table whose results exist
+    python -m common.report                    # the repository's results
+    python -m common.report --output-dir DIR   # the runs written under DIR
 
 The README's tables are this output, so every number there comes from
 results/*.json or models/reference.json.
 """
 
+import json
 import os
 
-from common.cli import REPO_ROOT
-from common.results import ResultsStore, read_json
+from common.cli import REPO_ROOT, Parser, run_main
+from common.results import ResultsStore, read_json, settings_label
 
 
 def _pct(value):
@@ -129,28 +131,39 @@ def part2_tables(part2):
     return "\n".join(out)
 
 
-def primary_run(path):
-    """The first (primary) run of a results file, or None without one."""
-    runs = ResultsStore(path).runs()
-    return runs[0] if runs else None
+def run_heading(path, run, runs):
+    """A line naming one run of several in a file: its label and settings."""
+    shown = {k: v for k, v in run["settings"].items() if not k.endswith("sha256")}
+    return (f"**{os.path.relpath(path)}, run {runs.index(run) + 1} of {len(runs)} "
+            f"(run-{settings_label(run['settings'])})**: {json.dumps(shown)}\n")
 
 
-def main():
-    paths = {name: os.path.join(REPO_ROOT, "results", f"{name}.json")
-             for name in ("part1", "part2", "part3")}
-    reference = os.path.join(REPO_ROOT, "models", "reference.json")
-    part1, part2, part3 = (primary_run(paths[name]) for name in ("part1", "part2", "part3"))
-    if part1:
-        print(part1_table(part1), "", sep="\n")
-        if part1["experiments"].get("augment", {}).get("complete"):
-            print(augment_trend(part1), "", sep="\n")
+def main(argv=None):
+    parser = Parser(description="Print the results of every run under --output-dir as "
+                                "Markdown tables, beside the study's numbers.")
+    parser.add_argument("--output-dir", metavar="DIR", default=REPO_ROOT,
+                        help="folder holding results/ (default: the repository)")
+    args = parser.parse_args(argv)
+    reference = os.path.join(args.output_dir, "models", "reference.json")
     if os.path.exists(reference):
         print(reference_table(read_json(reference)), "", sep="\n")
-    if part3 and part3.get("sweep"):
-        print(part3_table(part3), "", sep="\n")
-    if part2:
-        print(part2_tables(part2))
+    tables = {"part1": lambda run: [part1_table(run)] + (
+                  [augment_trend(run)] if run["experiments"].get("augment", {}).get("complete")
+                  else []),
+              "part3": lambda run: [part3_table(run)] if run.get("sweep") else [],
+              "part2": lambda run: [part2_tables(run)]}
+    printed = 0
+    for part, make in tables.items():
+        path = os.path.join(args.output_dir, "results", f"{part}.json")
+        runs = ResultsStore(path).runs()
+        for run in runs:
+            print(*([run_heading(path, run, runs)] if len(runs) > 1 else []),
+                  *make(run), "", sep="\n")
+            printed += 1
+    if not printed:
+        raise ValueError(f"{args.output_dir}: no results/part*.json with runs to tabulate")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))

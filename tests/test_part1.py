@@ -140,3 +140,14 @@ def test_same_seed_gives_the_same_numbers(tiny_cifar, tmp_path):
         return [(e["train_loss"], e["test_loss"]) for e in epochs]
     assert losses(0) == losses(0)
     assert losses(0) != losses(1)
+
+
+def test_a_figure_that_cannot_be_drawn_says_what_it_needs(tiny_cifar, tmp_path, capsys):
+    assert run(["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--epochs", "1",
+                "--experiments", "maxpool", *FAST]) == 0
+    capsys.readouterr()
+    assert run(["--plot-only", "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert ("part1_step6_maxpool.png not drawn: it needs baseline and maxpool "
+            "(run --experiments baseline)") in out
+    assert not (tmp_path / "figures" / "part1_step6_maxpool.png").exists()

@@ -203,18 +203,18 @@ def test_unknown_layer_and_missing_model_exit_2(tmp_path, tiny_cifar, tiny_model
 
 
 def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(part2_prune, "SPARSITIES", (0.5, 0.9))
     monkeypatch.setattr(part2_prune, "FINE_TUNE_SPARSITIES", (0.9,))
     out = str(tmp_path)
     assert run(["--data-dir", tiny_cifar[0], "--output-dir", out, "--model", tiny_model_file,
                 "--rates", "0", "0.5", "--layers", "conv2", "head", "--fine-tune-epochs", "1",
+                "--sparsities", "0.5", "0.9",
                 "--train-limit", "40", "--batch-size", "20", "--precision", "float32"]) == 0
     results = stored_run(out, "part2")
     assert set(results["layer_sensitivity"]) == {"conv2", "head"}
     assert results["layer_sensitivity"]["conv2"]["index"] == 2
     assert results["layer_sensitivity"]["head"]["test_accuracy"][0] == pytest.approx(
         results["dense_test_accuracy"])
-    assert results["global"]["sparsity"] == [0.5, 0.9]
+    assert results["global"]["sparsity"] == results["settings"]["sparsities"] == [0.5, 0.9]
     assert len(results["global"]["test_accuracy_recalibrated"]) == 2
     (row,) = results["finetune"]
     assert row["measured_sparsity"] == pytest.approx(0.9, abs=1e-3)

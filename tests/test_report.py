@@ -1,0 +1,36 @@
+"""python -m common.report: tables of any output folder's runs."""
+
+import os
+
+import pytest
+
+from common import report
+from common.results import ResultsStore, settings_label
+
+
+def part1_run(accuracy):
+    epochs = [{"epoch": e, "test_accuracy": accuracy, "seconds": 60.0} for e in range(1, 11)]
+    return {"experiments": {"baseline": {"epochs": epochs, "complete": True,
+                                          "final_test_accuracy": accuracy}}}
+
+
+def test_help_exits_0(capsys):
+    with pytest.raises(SystemExit) as info:
+        report.main(["--help"])
+    assert info.value.code == 0 and "--output-dir" in capsys.readouterr().out
+
+
+def test_every_run_of_an_output_folder_is_tabulated(tmp_path, capsys):
+    os.makedirs(tmp_path / "results")
+    store = ResultsStore(str(tmp_path / "results" / "part1.json"))
+    for seed, accuracy in ((0, 0.5), (1, 0.25)):
+        store.update({"seed": seed}, lambda run, a=accuracy: run.update(part1_run(a)))
+    assert report.main(["--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "50.00%" in out and "25.00%" in out  # each run's final accuracy
+    assert f"run-{settings_label({'seed': 1})}" in out and "run 2 of 2" in out
+
+
+def test_a_folder_without_results_is_one_line(tmp_path, capsys):
+    assert report.run_main(report.main, ["--output-dir", str(tmp_path)]) == 2
+    assert "no results/part*.json" in capsys.readouterr().err
