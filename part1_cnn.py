@@ -49,8 +49,7 @@ REFERENCE = {
     # images/s of 256 (396 vs 199 img/s), which buys the 10 epochs in < 30 min.
     "widths": [64, 192, 192],
     # airbench94 trains 9.9; more make up for width 192 and the JPEG copy's
-    # lost detail. This CPU runs an epoch in ~95 s or ~145 s (two speeds, at
-    # random): 15 fit in 30 min with up to 8 slow ones (27.9 min measured).
+    # lost detail, and 15 fit in 30 min on 2 cores (27.9 min measured).
     "epochs": 15,
     "batch_size": 512,          # large batches keep both CPU cores busy
     "optimizer": "sgd_nesterov",
@@ -66,10 +65,8 @@ REFERENCE = {
     # (a reparametrisation, models.ScaledShift; the saved model is plain BN).
     "bn_shift_lr_multiplier": 64,
     "max_shift": 2 / 32,        # translate up to 2 pixels, and flip
-    # --precision, "auto" by default: bf16 compute, float32 weights where the
-    # hardware has bfloat16 units (CPUs with avx512_bf16 or AMX, GPUs from
-    # Ampere on), else float32 (common/precision.py); pixels and the whitening
-    # layer stay float32, and so does the saved model.
+    # --precision "auto": bf16 compute where the hardware has bfloat16 units
+    # (common/precision.py); pixels, whitening and the saved model stay float32.
     "precision": "auto",
     "batchnorm_epsilon": 1e-5,  # not Keras' 1e-3; see models.reference_cnn
     # airbench94's lookahead: from epoch 3, every 5 steps the weights move to

@@ -43,33 +43,24 @@ RECALIBRATION_IMAGES = 10_000
 # (pruning.refit_kept_weights) on 2,000 training images: at least 18,000 rows
 # (block3_conv2 sees 3x3 maps) for at most 1,728 inputs per filter (3x3x192).
 REFIT_IMAGES = 2_000
-# Fine-tuning (~7 min per sparsity on 2 cores): the issue's 50-95%, and 85%
-# between the knee of the global curve (80%) and the target (90%).
+# Fine-tuning (~7 min per sparsity on 2 cores): 50-95%, and 85% between the
+# knee of the global curve (80%) and the target (90%).
 FINE_TUNE_SPARSITIES = (0.5, 0.8, 0.85, 0.9, 0.95)
 FINE_TUNE_EPOCHS = 3              # the target: 90% sparse within 1 point in <= 3 epochs
-# One-cycle peak (the reference trained at 0.75). Probed once each at 90% on
-# the previous (89.32%) reference, this CPU / a GPU: 0.05 -> 87.6 / 87.7%,
-# 0.15 -> 87.6 / 87.8%; batch 128 at 0.075 -> 87.5% (CPU). All without
-# distillation (below).
+# One-cycle peak, a fifth of the reference's 0.75: 0.05 and 0.15 tied at 90%
+# (87.6%, earlier reference, no teacher; docs/part2.md).
 FINE_TUNE_LEARNING_RATE = 0.15
 FINE_TUNE_BATCH_SIZE = 512
 # Share of the loss that pulls the pruned model's probabilities towards the
-# dense model's on the same augmented images (training.Distillation); the
-# rest is the labels'. A dense model's probabilities say more per image than
-# a label, and three epochs are short of images. At 90%, one run each (same
-# previous reference):
-# 0 -> 87.62%, 0.5 -> 87.98%, 0.9 -> 88.13%, 1 -> 87.80% (temperature 4:
-# 87.79%; a flip-averaged teacher: 87.96%; peak lr 0.3: 87.47%; batch 256:
-# 87.84%).
+# dense model's (training.Distillation), the rest the labels': a teacher's
+# probabilities say more per image than a label, and 3 epochs are short of
+# images. At 90% on an earlier (89.32%) reference, 0.9 gave 88.13% against
+# 87.62% without (docs/part2.md).
 FINE_TUNE_DISTILLATION_WEIGHT = 0.9
-# Gradual pruning inside the fine-tuning (pruning.GradualPruning): it starts
-# from twice the final share of weights (90% sparse starts at 80%) and prunes
-# the rest over the first half epoch, masks re-chosen every 5 steps. At 90%
-# on the reference: one-shot 87.74%; this schedule 88.01% (seeds 0-4: mean
-# 87.88%, sd 0.14); from 80% over a whole epoch 87.82%; from 70% over half an
-# epoch 87.81%; from 50% over epoch 1, 87.95%; from 50% over two epochs, 87.83%.
-# At 95% it gave 86.57% (one-shot 86.20%); at 50-85%, within 0.12 of
-# one-shot either way. More probes: README, Part 2 results.
+# Gradual pruning inside the fine-tuning (pruning.GradualPruning): from twice
+# the final share of weights (90% sparse starts at 80%) to the final masks
+# over the first half epoch, re-chosen every 5 steps. At 90%: 88.01% against
+# one-shot's 87.74% (seeds 0-4: 87.88% +- 0.14, results/probes.json).
 FINE_TUNE_START_KEPT_FACTOR = 2
 FINE_TUNE_RAMP_EPOCHS = 0.5
 FINE_TUNE_MASK_EVERY = 5

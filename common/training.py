@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import sys
 import time
 
 import filelock
@@ -52,6 +53,29 @@ class EpochRecorder(keras.callbacks.Callback):
             "test_loss": _float_or_none(logs.get("val_loss")),
             "seconds": round(time.perf_counter() - self._start, 2),
         })
+
+
+class Progress(keras.callbacks.Callback):
+    """Keras' `Progbar` for each epoch, with the test metrics named test_*
+    (Keras calls them val_*): a bar with ETA in a terminal, one line per epoch
+    in a log. Used in place of fit's own printing (fit verbose=0)."""
+
+    METRICS = ("loss", "accuracy", "test_loss", "test_accuracy")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        live = sys.stdout.isatty()
+        if live:
+            print(f"Epoch {epoch + 1}/{self.params['epochs']}")
+        self._bar = keras.utils.Progbar(self.params["steps"], verbose=1 if live else 2,
+                                        stateful_metrics=self.METRICS)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._bar.verbose == 1:
+            self._bar.update(batch + 1, list((logs or {}).items()))
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = [(name.replace("val_", "test_"), value) for name, value in (logs or {}).items()]
+        self._bar.update(self.params["steps"], values, finalize=True)
 
 
 class Lookahead(keras.callbacks.Callback):
@@ -130,7 +154,7 @@ def merge_epoch(epochs, record):
 
 
 def fit_resumable(model, train, test, *, epochs, batch_size, backup_dir,
-                  on_record, callbacks=(), test_every=1, verbose=2):
+                  on_record, callbacks=(), test_every=1):
     """Fit `model` (compiled, with an accuracy metric), evaluating on `test` after
     every `test_every`-th epoch and the last; resume from `backup_dir` if an
     earlier run left a backup there.
@@ -143,12 +167,10 @@ def fit_resumable(model, train, test, *, epochs, batch_size, backup_dir,
     on_record : callable
         Called with each epoch's record dict (see EpochRecorder) as it ends.
     callbacks : more Keras callbacks, run before the backup is written.
-    verbose : int
-        Keras verbosity; 2 prints one line per epoch.
-    """
+"""
     # Two checkpoints (the last and the one before): a kill while one is
     # written leaves the other, which check_checkpoint falls back to.
-    callbacks = [*callbacks, EpochRecorder(on_record),
+    callbacks = [*callbacks, EpochRecorder(on_record), Progress(),
                  keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)]
     test_epochs = sorted({*range(test_every, epochs + 1, test_every), epochs})  # 1-based
     try:
@@ -156,7 +178,7 @@ def fit_resumable(model, train, test, *, epochs, batch_size, backup_dir,
             check_checkpoint(backup_dir)
             model.fit(*train, validation_data=test, validation_freq=test_epochs,
                       epochs=epochs, batch_size=batch_size, shuffle=True,
-                      callbacks=callbacks, verbose=verbose)
+                      callbacks=callbacks, verbose=0)
     except filelock.Timeout:
         raise ValueError(f"{backup_dir}: another run is training this now; wait for "
                          "it, or use another --output-dir") from None
@@ -290,7 +312,7 @@ class Distillation(keras.Model):
 def fine_tune(model, train, test, *, epochs, batch_size=512, peak_learning_rate=0.05,
               label_smoothing=0.2, max_shift=2 / 32, precision="auto",
               lookahead_start_epoch=1, teacher=None, distillation_weight=0.5,
-              distillation_temperature=1.0, seed=0, callbacks=(), verbose=2):
+              distillation_temperature=1.0, seed=0, callbacks=()):
     """Briefly retrain a compressed model, with the reference model's recipe at a
     lower learning rate (the weights start close to a good solution), its
     lookahead averaging from epoch `lookahead_start_epoch` on.
@@ -332,8 +354,8 @@ def fine_tune(model, train, test, *, epochs, batch_size=512, peak_learning_rate=
         loss=loss, metrics=["accuracy"])
     records = []
     trainer.fit(*train, validation_data=test, epochs=epochs, batch_size=batch_size,
-                callbacks=[EpochRecorder(records.append), *callbacks,
+                callbacks=[EpochRecorder(records.append), Progress(), *callbacks,
                            Lookahead(steps, start_epoch=lookahead_start_epoch)],
-                verbose=verbose)
+                verbose=0)
     model.set_weights(fast.get_weights())
     return records
