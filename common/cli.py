@@ -102,6 +102,8 @@ def make_parser(description, epilog=None, epochs=True):
 def output_paths(output_dir):
     """The results/, figures/, models/ and checkpoints/ folders under
     `output_dir`, created and checked writable (ValueError naming the folder)."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"--output-dir {output_dir}: not a folder")
     paths = {name: os.path.join(output_dir, name)
              for name in ("results", "figures", "models", "checkpoints")}
     for path in paths.values():

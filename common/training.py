@@ -154,7 +154,7 @@ def merge_epoch(epochs, record):
 
 
 def fit_resumable(model, train, test, *, epochs, batch_size, backup_dir,
-                  on_record, callbacks=(), test_every=1):
+                  on_record, callbacks=(), test_every=1, verbose=1):
     """Fit `model` (compiled, with an accuracy metric), evaluating on `test` after
     every `test_every`-th epoch and the last; resume from `backup_dir` if an
     earlier run left a backup there.
@@ -167,10 +167,12 @@ def fit_resumable(model, train, test, *, epochs, batch_size, backup_dir,
     on_record : callable
         Called with each epoch's record dict (see EpochRecorder) as it ends.
     callbacks : more Keras callbacks, run before the backup is written.
+    verbose : int
+        0: silent; else a `Progress` bar (terminal) or line (log) per epoch.
 """
     # Two checkpoints (the last and the one before): a kill while one is
     # written leaves the other, which check_checkpoint falls back to.
-    callbacks = [*callbacks, EpochRecorder(on_record), Progress(),
+    callbacks = [*callbacks, EpochRecorder(on_record), *([Progress()] if verbose else []),
                  keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)]
     test_epochs = sorted({*range(test_every, epochs + 1, test_every), epochs})  # 1-based
     try:
@@ -312,7 +314,7 @@ class Distillation(keras.Model):
 def fine_tune(model, train, test, *, epochs, batch_size=512, peak_learning_rate=0.05,
               label_smoothing=0.2, max_shift=2 / 32, precision="auto",
               lookahead_start_epoch=1, teacher=None, distillation_weight=0.5,
-              distillation_temperature=1.0, seed=0, callbacks=()):
+              distillation_temperature=1.0, seed=0, callbacks=(), verbose=1):
     """Briefly retrain a compressed model, with the reference model's recipe at a
     lower learning rate (the weights start close to a good solution), its
     lookahead averaging from epoch `lookahead_start_epoch` on.
@@ -354,7 +356,8 @@ def fine_tune(model, train, test, *, epochs, batch_size=512, peak_learning_rate=
         loss=loss, metrics=["accuracy"])
     records = []
     trainer.fit(*train, validation_data=test, epochs=epochs, batch_size=batch_size,
-                callbacks=[EpochRecorder(records.append), Progress(), *callbacks,
+                callbacks=[EpochRecorder(records.append), *([Progress()] if verbose else []),
+                           *callbacks,
                            Lookahead(steps, start_epoch=lookahead_start_epoch)],
                 verbose=0)
     model.set_weights(fast.get_weights())
