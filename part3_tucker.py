@@ -83,9 +83,13 @@ def reconstruction_curves(model, layer_name=None):
     fixed = min(FIXED_RANK, c, f)
     r2s = [r for r in RANK_GRID if r <= f]
     r1s = [r for r in RANK_GRID if r <= c]
+    # Both ranks together, up to full (R1 = c, R2 = f), where the error is 0.
+    both = sorted({r for r in RANK_GRID if r < max(c, f)} | {max(c, f)})
     return {"layer": conv.name, "kernel_shape": list(kernel.shape), "fixed_rank": fixed,
             "r1_fixed_64": {"r2": r2s, "error": [relative_error(kernel, (fixed, r)) for r in r2s]},
-            "r2_fixed_64": {"r1": r1s, "error": [relative_error(kernel, (r, fixed)) for r in r1s]}}
+            "r2_fixed_64": {"r1": r1s, "error": [relative_error(kernel, (r, fixed)) for r in r1s]},
+            "equal_ranks": {"rank": both, "error": [
+                relative_error(kernel, (min(r, c), min(r, f))) for r in both]}}
 
 
 def run_settings(args, model_sha256, data_id):

@@ -230,6 +230,7 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch)
     # The trade-off figure needs Part 3 results measured on the same model and data.
     part3 = {"settings": dict(results["settings"], model_sha256="another model"),
              "sweep": [{"k": 4, "params": 100, "test_accuracy": 0.5,
+                        "test_accuracy_recalibrated": 0.55,
                         "fine_tuned_test_accuracy": 0.6, "fine_tune_epochs": 1}]}
     tradeoff = tmp_path / "figures" / "compression_tradeoff.png"
     write_json(str(tmp_path / "results" / "part3.json"), {"runs": [part3]})
