@@ -169,7 +169,7 @@ def fit_resumable(model, train, test, *, epochs, batch_size, backup_dir,
     callbacks : more Keras callbacks, run before the backup is written.
     verbose : int
         0: silent; else a `Progress` bar (terminal) or line (log) per epoch.
-"""
+    """
     # Two checkpoints (the last and the one before): a kill while one is
     # written leaves the other, which check_checkpoint falls back to.
     callbacks = [*callbacks, EpochRecorder(on_record), *([Progress()] if verbose else []),
@@ -195,8 +195,11 @@ def _checkpoint_problem(weights, metadata):
     """Why the checkpoint pair cannot be used, or None if it can."""
     import h5py
     try:
-        with h5py.File(weights, "r") as f:  # read every array: a torn write fails here
-            f.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
+        def read(_, item):  # every array: a torn write fails here (None: visit on)
+            if isinstance(item, h5py.Dataset):
+                item[()]
+        with h5py.File(weights, "r") as f:
+            f.visititems(read)
         with open(metadata) as f:
             if not isinstance(json.load(f).get("epoch"), int):
                 return f"{metadata}: no epoch number"
@@ -218,6 +221,11 @@ def check_checkpoint(backup_dir):
         return
     problem = _checkpoint_problem(*latest)
     if problem is None:
+        return
+    if not any(os.path.exists(path) for path in previous):  # the first epoch's, torn
+        print(f"{backup_dir}: the first checkpoint is damaged ({problem}); starting again "
+              "from epoch 1")
+        shutil.rmtree(backup_dir)
         return
     if all(os.path.exists(path) for path in previous) and _checkpoint_problem(*previous) is None:
         print(f"{backup_dir}: last checkpoint damaged ({problem}); resuming from the one "

@@ -226,6 +226,28 @@ def test_a_checkpoint_with_a_torn_metadata_file_falls_back(tmp_path):
     assert json.loads((tmp_path / "training_metadata.json").read_text())["epoch"] == 1
 
 
+def test_a_weights_file_torn_after_its_first_array_is_detected(tmp_path):
+    import keras
+    model = keras.Sequential([keras.Input((30,)), keras.layers.Dense(400),
+                              keras.layers.Dense(300)])
+    weights = tmp_path / "latest.weights.h5"
+    model.save_weights(str(weights))
+    (tmp_path / "training_metadata.json").write_text('{"epoch": 2}')
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[:len(whole) * 3 // 4])  # the last array cut short
+    (tmp_path / "latest.weights.h5.bkp").write_bytes(b"")  # and no usable one before
+    (tmp_path / "training_metadata.json.bkp").write_text('{"epoch": 1}')
+    with pytest.raises(ValueError, match="damaged checkpoint"):
+        check_checkpoint(str(tmp_path))
+
+
+def test_a_torn_first_checkpoint_starts_again(tmp_path, capsys):
+    (tmp_path / "latest.weights.h5").write_bytes(b"\x89HDF")
+    (tmp_path / "training_metadata.json").write_text('{"epoch": 1}')
+    check_checkpoint(str(tmp_path))
+    assert not tmp_path.exists() and "starting again from epoch 1" in capsys.readouterr().out
+
+
 def test_a_checkpoint_that_cannot_be_used_is_named_in_one_line(tiny_cifar, tmp_path, capsys):
     args = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--experiments",
             "lr1", *FAST]
@@ -233,8 +255,9 @@ def test_a_checkpoint_that_cannot_be_used_is_named_in_one_line(tiny_cifar, tmp_p
     settings = part1_cnn.run_settings(part1_cnn.parse_args(args), fingerprint(train, test, source))
     folder = tmp_path / "checkpoints" / f"part1_lr1-{settings_label(settings)}"
     folder.mkdir(parents=True)
-    (folder / "latest.weights.h5").write_bytes(b"")
-    (folder / "training_metadata.json").write_text('{"epoch": 1}')
+    for suffix in ("", ".bkp"):  # both the last checkpoint and the one before torn
+        (folder / f"latest.weights.h5{suffix}").write_bytes(b"")
+        (folder / f"training_metadata.json{suffix}").write_text('{"epoch": 1}')
     results = tmp_path / "results"
     results.mkdir()
     write_json(str(results / "part1.json"), {"runs": [{"settings": settings, "experiments": {
