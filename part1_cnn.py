@@ -253,9 +253,8 @@ def main(argv=None):
             entry = {"config": config, "epochs": [], "complete": False, "meta": meta}
             store.update(settings, lambda run, name=name, entry=entry:
                          run.setdefault("experiments", {}).update({name: entry}), meta)
-        print(f"{name}: step {config['step']}, {config['model']} CNN, "
-              f"{config['optimizer']}, {config['epochs']} epochs, "
-              f"{len(train[0])} training images")
+        print(f"{name}: step {config['step']}, {config['model']} CNN, {config['optimizer']}, "
+              f"{config['epochs']} epochs, {len(train[0])} training images")
         entry = run_experiment(name, config, train, test, paths, store, settings)
         print(f"{name}: final test accuracy {entry['final_test_accuracy']:.4f}")
 

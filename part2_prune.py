@@ -332,8 +332,7 @@ def main(argv=None):
             run["finetune"] = upsert(run.get("finetune", []), "sparsity", row)
             run["sizes"] = size_summary(run)
         store.update(settings, add_row)
-    plot_figures(store.find(settings), part3_path,
-                 store.figures_dir(paths["figures"], settings))
+    plot_figures(store.find(settings), part3_path, store.figures_dir(paths["figures"], settings))
     return 0
 
 

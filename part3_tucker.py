@@ -94,12 +94,10 @@ def reconstruction_curves(model, layer_name=None):
 
 def run_settings(args, model_sha256, data_id):
     """Everything that changes this part's numbers: results are keyed by it."""
-    fine_tune = None
-    if args.fine_tune:
-        from common import precision
-        fine_tune = {"epochs": args.fine_tune, "precision": precision.resolve(args.precision),
-                     "batch_size": args.batch_size or FINE_TUNE_BATCH_SIZE,
-                     "peak_learning_rate": FINE_TUNE_LEARNING_RATE}
+    from common import precision
+    fine_tune = {"epochs": args.fine_tune, "precision": precision.resolve(args.precision),
+                 "batch_size": args.batch_size or FINE_TUNE_BATCH_SIZE,
+                 "peak_learning_rate": FINE_TUNE_LEARNING_RATE} if args.fine_tune else None
     return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,
             "seed": args.seed, "fine_tune": fine_tune}
 
@@ -126,14 +124,12 @@ def decompose_and_measure(original, k, train, test, args, settings):
     """The k-decomposed model (batch norm re-estimated, fine-tuned if the
     settings say so) and its row of the sweep."""
     from common import measure, training, tucker
-    model, ranks = tucker.decompose_model(
-        original, lambda c, f, k=k: tucker.tucker_ranks(c, f, k))
+    model, ranks = tucker.decompose_model(original, lambda c, f: tucker.tucker_ranks(c, f, k))
     fine_tune = settings["fine_tune"] or {}
     row = {"k": k, "ranks": ranks, "test_accuracy": training.test_accuracy(model, test),
            "params": measure.count_params(model), "flops": measure.count_flops(model),
            "fine_tune_epochs": fine_tune.get("epochs", 0),
-           "fine_tune_precision": fine_tune.get("precision"),
-           "fine_tuned_test_accuracy": None}
+           "fine_tune_precision": fine_tune.get("precision"), "fine_tuned_test_accuracy": None}
     # Fine-tuning (if any) starts from the re-estimated statistics.
     training.recalibrate_batchnorm(model, train[0][:RECALIBRATION_IMAGES])
     row["test_accuracy_recalibrated"] = training.test_accuracy(model, test)
@@ -155,12 +151,12 @@ def time_side_by_side(original, decomposed, test, repeats, seed):
     interleaved run: time ratios are only fair between models timed together."""
     from common import measure
     from common.inference import fold_batchnorm
-    print(f"timing {len(decomposed) + 1} models, {repeats} passes each ...")
+    print(f"timing {len(decomposed) + 1} models side by side: a warm-up, {repeats} rounds ...")
     candidates = {"original": original, **{f"k{k}": decomposed[k] for k in sorted(decomposed)}}
     if FOLD_BATCHNORM_FOR_TIMING:
         candidates = {name: fold_batchnorm(model)[0] for name, model in candidates.items()}
     seconds = measure.time_forward(candidates, test[0], batch_size=TIMING_BATCH_SIZE,
-                                   repeats=repeats, seed=seed)
+                                   repeats=repeats, seed=seed, progress=True)
     return {name: measure.summarize_seconds(s) for name, s in seconds.items()}
 
 
@@ -184,8 +180,7 @@ def main(argv=None):
     original_row = {"test_accuracy": training.test_accuracy(original, test),
                     "params": measure.count_params(original),
                     "flops": measure.count_flops(original)}
-    print_row("original", original_row["test_accuracy"], original_row["params"],
-              original_row["flops"])
+    print_row("original", *original_row.values())
     sweep = {row["k"]: row for row in run.get("sweep", [])}
     wanted = set(args.k or K_VALUES)
     decomposed = {}  # k -> model: the k run now, and stored rows whose model file is there
@@ -202,7 +197,7 @@ def main(argv=None):
         if k not in wanted:
             continue  # a stored row without its model: kept as it is, not timed
         if row is not None and not args.force:
-            print(f"k={k}: {model_file} is not the stored row's model; re-making both")
+            print(f"k={k}: no model file {model_file} of the stored row; re-making both")
         decomposed[k], row = decompose_and_measure(original, k, train, test, args, settings)
         decomposed[k].save(model_file)
         row["model_sha256"] = file_digest(model_file)

@@ -1,6 +1,7 @@
 """What a model costs: parameters, FLOPs and forward-pass time, measured side by side."""
 
 import random
+import sys
 import time
 
 import keras
@@ -55,7 +56,7 @@ def inference_function(model):
     return lambda x: keras.ops.convert_to_numpy(model(x, training=False))
 
 
-def time_forward(models, images, batch_size=256, repeats=5, seed=0):
+def time_forward(models, images, batch_size=256, repeats=5, seed=0, progress=False):
     """Seconds for one forward pass over `images`, per model, measured fairly.
 
     Every model gets a compiled inference function, the same batches and a
@@ -67,6 +68,8 @@ def time_forward(models, images, batch_size=256, repeats=5, seed=0):
     ----------
     models : dict name -> keras.Model
     images : ndarray (N, H, W, C)
+    progress : show Keras' Progbar over the rounds (a bar with ETA in a
+        terminal, one line at the end in a log)
 
     Returns
     -------
@@ -82,13 +85,16 @@ def time_forward(models, images, batch_size=256, repeats=5, seed=0):
     order = list(functions)
     rng = random.Random(seed)
     seconds = {name: [] for name in order}
-    for _ in range(repeats):
+    bar = keras.utils.Progbar(repeats, verbose=(1 if sys.stdout.isatty() else 2) if progress
+                              else 0, unit_name="round")
+    for done in range(1, repeats + 1):
         rng.shuffle(order)
         for name in order:
             start = time.perf_counter()
             for batch in batches:
                 functions[name](batch)  # returns host arrays: the work is done
             seconds[name].append(time.perf_counter() - start)
+        bar.update(done)
     return seconds
 
 
