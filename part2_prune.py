@@ -301,16 +301,16 @@ def main(argv=None):
                          f"choose from {', '.join(names)}")
     settings = run_settings(args, file_digest(model_path), data_id)
     cli.back_up_if_forced(store, settings, args.force)
-
-    dense = {"dense_test_accuracy": evaluate(model, test),
-             "dense_params": measure.count_params(model),
-             "dense_sizes": pruning.model_sizes(model, os.path.join(paths["models"],
-                                                                    "pruned_0.keras"))}
-    print(f"dense: {dense['dense_test_accuracy']:.4f} test accuracy, "
-          f"{dense['dense_params']:,} weights")
-    run = store.update(settings, lambda run: run.update(dense),
-                       meta={**run_metadata(source), "model": cli.shown_path(model_path)})
-    run = {} if args.force else run  # what is done already: skipped
+    run = {} if args.force else store.find(settings) or {}  # what is done already: skipped
+    if "dense_sizes" not in run:
+        dense = {"dense_test_accuracy": evaluate(model, test),
+                 "dense_params": measure.count_params(model),
+                 "dense_sizes": pruning.model_sizes(model, os.path.join(paths["models"],
+                                                                        "pruned_0.keras"))}
+        store.update(settings, lambda run: run.update(dense),
+                     meta={**run_metadata(source), "model": cli.shown_path(model_path)})
+        run = {**run, **dense}
+    print(f"dense: {run['dense_test_accuracy']:.4f} test accuracy, {run['dense_params']:,} weights")
 
     layer_sensitivity(model, test, args.layers or names, args.rates,
                       run.get("layer_sensitivity", {}),

@@ -81,8 +81,7 @@ def reconstruction_curves(model, layer_name=None):
     kernel = keras.ops.convert_to_numpy(conv.kernel)
     c, f = kernel.shape[2:]
     fixed = min(FIXED_RANK, c, f)
-    r2s = [r for r in RANK_GRID if r <= f]
-    r1s = [r for r in RANK_GRID if r <= c]
+    r1s, r2s = ([r for r in RANK_GRID if r <= n] for n in (c, f))
     # Both ranks together, up to full (R1 = c, R2 = f), where the error is 0.
     both = sorted({r for r in RANK_GRID if r < max(c, f)} | {max(c, f)})
     return {"layer": conv.name, "kernel_shape": list(kernel.shape), "fixed_rank": fixed,
@@ -121,8 +120,7 @@ def print_row(label, accuracy, params, flops, time_ratio=None, flops_ratio=None)
 
 
 def decompose_and_measure(original, k, train, test, args, settings):
-    """The k-decomposed model (batch norm re-estimated, fine-tuned if the
-    settings say so) and its row of the sweep."""
+    """The k-decomposed model (batch norm re-estimated; fine-tuned if set) and its row."""
     from common import measure, training, tucker
     model, ranks = tucker.decompose_model(original, lambda c, f: tucker.tucker_ranks(c, f, k))
     fine_tune = settings["fine_tune"] or {}
@@ -174,6 +172,9 @@ def main(argv=None):
     reconstruction = reconstruction_curves(original, args.layer)  # a bad --layer fails here
     settings = run_settings(args, file_digest(model_path), data_id)
     cli.back_up_if_forced(store, settings, args.force)
+    stored = {} if args.force else store.find(settings) or {}
+    if stored.get("reconstruction", {}).get("layer") == reconstruction["layer"]:
+        reconstruction = stored["reconstruction"]  # kept as stored, not re-rounded
     run = store.update(settings, lambda run: run.update(reconstruction=reconstruction),
                        meta={**run_metadata(source), "model": cli.shown_path(model_path)})
 
