@@ -257,28 +257,26 @@ def run_settings(args, model_sha256, data_id):
 
 def plot_figures(run, part3_path, figures_dir):
     from common import plots
-    written = []
     if run.get("layer_sensitivity"):
-        written.append(plots.plot_layer_sensitivity(
+        print("wrote", plots.plot_layer_sensitivity(
             run, os.path.join(figures_dir, "part2_layer_sensitivity.png")))
     if run.get("global") and run.get("uniform"):
-        written.append(plots.plot_global_vs_uniform(
+        print("wrote", plots.plot_global_vs_uniform(
             run, os.path.join(figures_dir, "part2_global_vs_uniform.png")))
     if run.get("finetune"):
-        written.append(plots.plot_finetune(run, os.path.join(figures_dir, "part2_finetune.png")))
+        print("wrote", plots.plot_finetune(run, os.path.join(figures_dir, "part2_finetune.png")))
+    else:
+        print("part2_finetune.png not drawn: no fine-tuning in this run (--fine-tune-epochs 0)")
     # Pruning and Tucker-2 are compared on one model and one data set only.
-    same = [part3 for part3 in runs_of_other_part(part3_path) if part3.get("sweep") and all(
+    part3_runs = runs_of_other_part(part3_path)  # None (and a warning) if unreadable
+    same = [part3 for part3 in part3_runs or [] if part3.get("sweep") and all(
         part3["settings"][key] == run["settings"][key] for key in ("model_sha256", "data_sha256"))]
     if same and run.get("global"):
-        written.append(plots.plot_compression_tradeoff(
+        print("wrote", plots.plot_compression_tradeoff(
             run, same[0], os.path.join(figures_dir, "compression_tradeoff.png")))
-    if not run.get("finetune"):
-        print("part2_finetune.png not drawn: no fine-tuning in this run (--fine-tune-epochs 0)")
-    if not same:
+    elif part3_runs is not None:
         print(f"compression_tradeoff.png not drawn: {part3_path} has no run on the same "
               "model and data (run part3_tucker.py with the same --model and --data-dir)")
-    for path in written:
-        print("wrote", path)
 
 
 def main(argv=None):

@@ -144,12 +144,12 @@ class ResultsStore:
 
 def runs_of_other_part(path):
     """The runs in another part's results file, for a figure that compares the
-    two; [] with one warning line when the file cannot be read."""
+    two; None, with one warning line, when the file cannot be read."""
     try:
         return ResultsStore(path).runs()
     except ValueError as err:
         print(f"warning: {err}; the figure that needs it is skipped", file=sys.stderr)
-        return []
+        return None
 
 
 def upsert(rows, key, row):
