@@ -12,7 +12,7 @@ a pruned model takes on disk, dense, gzipped and in a sparse format.
 
     python part2_prune.py                              # everything (~50 min on 2 cores)
     python part2_prune.py --layers block1_conv1 --rates 0 0.5 0.9 --sparsities 0.5 0.9 \
-        --fine-tune-epochs 0                           # a quick run (~2 min)
+        --fine-tune-epochs 0                           # a quick run (~3 min)
     python part2_prune.py --plot-only                  # redraw figures from the JSON
 
 The model is models/reference.keras of --output-dir, else the repository's
@@ -78,7 +78,7 @@ def parse_args(argv=None):
     parser.add_argument("--sparsities", type=cli.unit_fraction("sparsity"), nargs="+",
                         metavar="S", default=list(SPARSITIES),
                         help="overall sparsities of the global vs uniform sweeps "
-                             "(default: 0.1, ..., 0.9, 0.95, 0.98; ~15 s each)")
+                             "(default: 0.1, ..., 0.9, 0.95, 0.98; ~30 s each)")
     parser.add_argument("--layers", nargs="+", metavar="NAME",
                         help="layers for the per-layer sensitivity (default: every "
                              "Conv2D and Dense layer)")
@@ -101,20 +101,18 @@ def layer_sensitivity(model, test, names, rates, done, save):
     each layer, so an interrupted run keeps what it measured.
     """
     from common import pruning
-    layers = pruning.prunable_layers(model)
-    for index, layer in enumerate(layers, start=1):
-        if layer.name not in names:
-            continue
-        if layer.name in done:
-            print(f"{layer.name}: done, skipped")
-            continue
+    chosen = [(i, layer) for i, layer in enumerate(pruning.prunable_layers(model), start=1)
+              if layer.name in names]
+    todo = [(i, layer) for i, layer in chosen if layer.name not in done]
+    sweep = cli.Sweep(len(todo), "layer sensitivity", skipped=len(chosen) - len(todo))
+    for index, layer in todo:
         kernel = pruning.kernels_of(model, {layer.name})[layer.name]
         accuracies = []
         for rate in rates:
             with pruning.pruned(model, {layer.name: pruning.magnitude_mask(kernel, rate)}):
                 accuracies.append(evaluate(model, test))
-        print(f"{index}: {layer.name} {kernel.shape}: " +
-              " ".join(f"{r:g}:{a:.3f}" for r, a in zip(rates, accuracies)))
+        sweep.done(f"{index}: {layer.name} {kernel.shape}: " +
+                   " ".join(f"{r:g}:{a:.3f}" for r, a in zip(rates, accuracies)))
         save(layer.name, {"index": index, "shape": list(kernel.shape),
                           "prune_rates": list(rates), "test_accuracy": accuracies})
 
@@ -157,15 +155,15 @@ def sparsity_curve(model, test, kind, sparsities, recalibration_images, curve=No
     if curve.get("sparsity") != list(sparsities):
         curve.clear()
         curve.update({"sparsity": list(sparsities), **{c: [] for c in columns}})
-    if len(curve["test_accuracy_recalibrated"]) == len(sparsities):
-        print(f"{kind} sweep: done, skipped")
-    for s in sparsities[len(curve["test_accuracy_recalibrated"]):]:
+    todo = sparsities[len(curve["test_accuracy_recalibrated"]):]
+    sweep = cli.Sweep(len(todo), f"{kind} sweep", skipped=len(sparsities) - len(todo))
+    for s in todo:
         with pruning.pruned(model, masks_at(model, kind, s)):
             row = (evaluate(model, test), accuracy_after(model, test, recalibrate),
                    measure.count_nonzero_params(model))
         for column, value in zip(columns, row):
             curve[column].append(value)
-        print(f"{kind} {s:.2f}: {row[0]:.4f}, {row[1]:.4f} batch norm re-estimated")
+        sweep.done(f"{kind} {s:.2f}: {row[0]:.4f}, {row[1]:.4f} batch norm re-estimated")
         save(curve)
     return curve
 
@@ -319,10 +317,11 @@ def main(argv=None):
                            settings, lambda run: run.update({kind: curve})))
 
     done = {row["sparsity"] for row in run.get("finetune", [])}
-    for sparsity in FINE_TUNE_SPARSITIES if settings["fine_tune"] else ():
-        if sparsity in done:
-            print(f"fine-tuning at {sparsity:.2f}: done, skipped")
-            continue
+    todo = [s for s in FINE_TUNE_SPARSITIES if s not in done] if settings["fine_tune"] else []
+    if done:
+        print(f"fine-tuning: {', '.join(f'{s:.0%}' for s in sorted(done))} done already, skipped")
+    for i, sparsity in enumerate(todo, start=1):
+        print(f"fine-tuning {i}/{len(todo)}: {sparsity:.0%} sparse (~7 min each on 2 CPU cores)")
         row = fine_tune_at(model_path, sparsity, train, test, settings["fine_tune"],
                            args.seed, paths["models"])
 

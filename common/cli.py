@@ -4,6 +4,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 
 from common.precision import PRECISIONS
 
@@ -191,3 +192,30 @@ def plot_every_run(store, figures_root, plot):
     for run in runs:
         plot(run, store.figures_dir(figures_root, run["settings"]))
     return 0
+
+
+class Sweep:
+    """Progress across a sweep of `total` items: Keras' Progbar (a bar with ETA)
+    in a terminal; in a log, each item's line starts with `[i/total, ETA]`.
+
+    `sweep.done(line)` after each item prints its result line and advances;
+    `skipped` items (done by an earlier run) are counted in one line.
+    """
+
+    def __init__(self, total, what, skipped=0):
+        import keras
+        if skipped:
+            print(f"{what}: {skipped} of {total + skipped} done already, skipped")
+        self.total, self.what, self.count = total, what, 0
+        self.live = sys.stdout.isatty()
+        self._bar = keras.utils.Progbar(total, verbose=1 if self.live else 0, unit_name="item")
+        self._start = time.perf_counter()
+
+    def done(self, line):
+        self.count += 1
+        if self.live:
+            print(f"\r{line}\033[K")  # over the bar, which redraws below
+        else:
+            eta = (time.perf_counter() - self._start) / self.count * (self.total - self.count)
+            print(f"[{self.what} {self.count}/{self.total}, ETA {eta / 60:.1f} min] {line}")
+        self._bar.update(self.count)

@@ -342,3 +342,13 @@ def test_loading_the_backend_prints_nothing():
     check = python("from common import cli; cli.load_backend(); print('ok')")
     assert check.returncode == 0 and check.stdout == "ok\n"
     assert check.stderr == ""
+
+
+def test_a_sweep_in_a_log_counts_its_items(capsys):
+    sweep = cli.Sweep(2, "global sweep", skipped=1)
+    sweep.done("0.50: 0.89")
+    sweep.done("0.90: 0.38")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "global sweep: 1 of 3 done already, skipped"
+    assert lines[1].startswith("[global sweep 1/2, ETA ") and lines[1].endswith("] 0.50: 0.89")
+    assert lines[2].startswith("[global sweep 2/2, ETA 0.0 min]")
