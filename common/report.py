@@ -1,7 +1,8 @@
-"""Markdown tables of the committed results, beside the study's numbers.
+"""Markdown tables of any output folder's results, beside the study's numbers.
 
     python -m common.report                    # the repository's results
     python -m common.report --output-dir DIR   # the runs written under DIR
+    python REPO/common/report.py ...           # the same, from any folder
 
 The README's tables are this output, so every number there comes from
 results/*.json or models/reference.json.
@@ -9,9 +10,13 @@ results/*.json or models/reference.json.
 
 import json
 import os
+import sys
 
-from common.cli import REPO_ROOT, Parser, run_main
-from common.results import ResultsStore, read_json, settings_label
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common.cli import REPO_ROOT, Parser, run_main  # noqa: E402
+from common.results import ResultsStore, read_json, settings_label  # noqa: E402
 
 
 def _pct(value):

@@ -34,3 +34,12 @@ def test_every_run_of_an_output_folder_is_tabulated(tmp_path, capsys):
 def test_a_folder_without_results_is_one_line(tmp_path, capsys):
     assert report.run_main(report.main, ["--output-dir", str(tmp_path)]) == 2
     assert "no results/part*.json" in capsys.readouterr().err
+
+
+def test_the_file_runs_from_any_folder(tmp_path):
+    import subprocess
+    import sys
+    script = os.path.join(os.path.dirname(report.__file__), "report.py")
+    done = subprocess.run([sys.executable, script, "--output-dir", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no results/part*.json" in done.stderr  # not an ImportError
