@@ -179,21 +179,21 @@ def main(argv=None):
                        meta={**run_metadata(source), "model": cli.shown_path(model_path)})
 
     original_row = {"test_accuracy": training.test_accuracy(original, test),
-                    "params": measure.count_params(original),
-                    "flops": measure.count_flops(original)}
+                    "params": measure.count_params(original), "flops": measure.count_flops(original)}
     print_row("original", *original_row.values())
     sweep = {row["k"]: row for row in run.get("sweep", [])}
     wanted = set(args.k or K_VALUES)
     decomposed = {}  # k -> model: the k run now, and stored rows whose model file is there
+    progress = cli.Sweep(len(wanted), "k")
     for k in sorted(wanted | set(sweep)):
         model_file = os.path.join(paths["models"], f"tucker_k{k}.keras")
         row = sweep.get(k)
-        model_matches = row is not None and os.path.exists(model_file) \
-            and file_digest(model_file) == row.get("model_sha256")
-        if model_matches and not (args.force and k in wanted):
+        kept = (row or {}).get("model_sha256")  # the digest of the row's model file
+        if os.path.exists(model_file) and file_digest(model_file) == kept \
+                and not (args.force and k in wanted):
             decomposed[k] = models.load_classifier(model_file)
             if k in wanted:
-                print(f"k={k}: done, reusing {model_file}; --force redoes it")
+                progress.done(f"k={k}: done, reusing {model_file}; --force redoes it")
             continue
         if k not in wanted:
             continue  # a stored row without its model: kept as it is, not timed
@@ -204,15 +204,15 @@ def main(argv=None):
         row["model_sha256"] = file_digest(model_file)
         store.update(settings, lambda run, row=row: run.update(
             sweep=upsert(run.get("sweep", []), "k", row)))
+        progress.done(f"k={k}: stored")
 
     seconds = time_side_by_side(original, decomposed, test, args.timing_repeats, args.seed)
-    original_row["forward_seconds"] = seconds["original"]
     timing = {"batch_size": TIMING_BATCH_SIZE, "repeats": args.timing_repeats,
               "images": len(test[0]), "backend": run["meta"]["keras_backend"],
               "batch_norm_folded": FOLD_BATCHNORM_FOR_TIMING, "timed": sorted(decomposed)}
 
     def record_timing(run):
-        run.update(original=original_row, timing=timing)
+        run.update(original={**original_row, "forward_seconds": seconds["original"]}, timing=timing)
         for row in (r for r in run.get("sweep", []) if r["k"] in decomposed):
             row["forward_seconds"] = seconds[f"k{row['k']}"]
             row["time_ratio"] = row["forward_seconds"]["median"] / seconds["original"]["median"]
