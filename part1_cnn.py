@@ -241,7 +241,7 @@ def main(argv=None):
                          "configuration; --force replaces it (a backup is kept), "
                          "--output-dir DIR writes elsewhere")
     cli.back_up_if_forced(store, settings, args.force and bool(set(stored) & set(configs)))
-    for name, config in configs.items():
+    for number, (name, config) in enumerate(configs.items(), start=1):
         entry = None if args.force else stored.get(name)
         if entry and entry["complete"]:
             print(f"{name}: done ({entry['final_test_accuracy']:.4f}), skipped; --force reruns it")
@@ -253,8 +253,8 @@ def main(argv=None):
             entry = {"config": config, "epochs": [], "complete": False, "meta": meta}
             store.update(settings, lambda run, name=name, entry=entry:
                          run.setdefault("experiments", {}).update({name: entry}), meta)
-        print(f"{name}: step {config['step']}, {config['model']} CNN, {config['optimizer']}, "
-              f"{config['epochs']} epochs, {len(train[0])} training images")
+        print(f"{name} ({number}/{len(configs)}): step {config['step']}, {config['model']} CNN, "
+              f"{config['optimizer']}, {config['epochs']} epochs, {len(train[0])} training images")
         entry = run_experiment(name, config, train, test, paths, store, settings)
         print(f"{name}: final test accuracy {entry['final_test_accuracy']:.4f}")
 
