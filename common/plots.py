@@ -9,13 +9,6 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 CHANCE = 0.1  # ten balanced classes
 
 
-def _finish(fig, ax, path, **legend):
-    """Grid, legend and save: how every single-panel figure ends."""
-    ax.grid(alpha=0.3)
-    ax.legend(**legend)
-    return _save(fig, path)
-
-
 def _save(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -65,13 +58,8 @@ def _training_curves(runs, title, path, log_loss=False, stacked=False):
     for ax in (acc_ax, loss_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    fig.legend(*acc_ax.get_legend_handles_labels(), loc="lower center",
-               ncol=min(4, 2 * len(runs) + 1), fontsize=8, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_below(fig, acc_ax, path, ncol=min(4, 2 * len(runs) + 1), bottom=0.1)
 
 
 def plot_step4_baseline(experiments, path):
@@ -154,7 +142,7 @@ def plot_reconstruction_vs_rank(reconstruction, path):
     ax.set(xlabel="rank", ylabel="relative error  ||W - Ŵ|| / ||W||", ylim=(0, None),
            title=f"Tucker-2 reconstruction error, layer {reconstruction['layer']} "
                  f"{tuple(reconstruction['kernel_shape'])}")
-    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    _percent(ax)
     ax.grid(alpha=0.3)
     return _save_below(fig, ax, path, ncol=2, bottom=0.1)
 

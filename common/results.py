@@ -94,7 +94,7 @@ class ResultsStore:
 
     def find(self, settings):
         """The stored run with exactly these settings, or None."""
-        return next((run for run in self.runs() if run["settings"] == settings), None)
+        return _run_with(self.runs(), settings)
 
     def update(self, settings, change, meta=None):
         """Apply `change(run)` to the run with these settings (made if absent),
@@ -103,7 +103,7 @@ class ResultsStore:
         try:
             with self._lock:
                 runs = self.runs()
-                run = next((r for r in runs if r["settings"] == settings), None)
+                run = _run_with(runs, settings)
                 if run is None:
                     run = {"settings": copy.deepcopy(settings)}
                     runs.append(run)
@@ -140,6 +140,10 @@ class ResultsStore:
         folder = os.path.join(figures_root, f"run-{settings_label(settings)}")
         os.makedirs(folder, exist_ok=True)
         return folder
+
+
+def _run_with(runs, settings):
+    return next((run for run in runs if run["settings"] == settings), None)
 
 
 def runs_of_other_part(path):
