@@ -20,7 +20,9 @@ The model is models/reference.keras of --output-dir, else the repository's
 takes any .keras CIFAR-10 classifier. Results go to results/part2.json as each
 piece finishes, keyed by the settings (model and data digests, limits, seed,
 rates, fine-tuning recipe); a rerun with the same settings skips finished
-pieces unless --force.
+pieces unless --force. Each fine-tuned model is saved as
+models/pruned_<percent>.keras; a stored row whose model file is absent (a
+fresh clone) is made again when its sparsity is fine-tuned.
 """
 
 import functools
@@ -82,6 +84,11 @@ def parse_args(argv=None):
     parser.add_argument("--layers", nargs="+", metavar="NAME",
                         help="layers for the per-layer sensitivity (default: every "
                              "Conv2D and Dense layer)")
+    parser.add_argument("--fine-tune-sparsities", type=cli.unit_fraction("sparsity"), nargs="+",
+                        metavar="S", default=list(FINE_TUNE_SPARSITIES),
+                        help="sparsities to fine-tune at (default: 0.5, 0.8, 0.85, 0.9, "
+                             "0.95; ~7 min each); a stored one whose model file "
+                             "models/pruned_<percent>.keras is absent is made again")
     parser.add_argument("--fine-tune-epochs", "--epochs", type=cli.non_negative_int,
                         default=FINE_TUNE_EPOCHS, metavar="N",
                         help="epochs of fine-tuning (pruning gradually, then with fixed "
@@ -203,7 +210,7 @@ def fine_tune_at(model_path, sparsity, train, test, settings, seed, models_dir):
     records = training.fine_tune(
         model, train, test, seed=seed, teacher=models.load_classifier(model_path),
         callbacks=[schedule], **{k: v for k, v in settings.items() if k != "gradual"})
-    path = os.path.join(models_dir, f"pruned_{round(sparsity * 100)}.keras")
+    path = pruned_model_path(models_dir, sparsity)
     row = {"sparsity": sparsity, "measured_sparsity": pruning.sparsity(model),
            "test_accuracy_before": before, "test_accuracy_recalibrated": recalibrated,
            "test_accuracy_refitted": refitted,
@@ -216,6 +223,17 @@ def fine_tune_at(model_path, sparsity, train, test, settings, seed, models_dir):
           f"{row['keras_bytes']:,} B .keras, {row['gzip_bytes']:,} B gzip, "
           f"{row['sparse_bytes']:,} B sparse")
     return row
+
+
+def pruned_model_path(models_dir, sparsity):
+    """models/pruned_<percent>.keras: where the model fine-tuned at `sparsity` is saved."""
+    return os.path.join(models_dir, f"pruned_{round(sparsity * 100)}.keras")
+
+
+def pruned_model_matches(row, models_dir):
+    """Whether the model file of a stored fine-tuning row is there, as it was made."""
+    path = pruned_model_path(models_dir, row["sparsity"])
+    return os.path.exists(path) and file_digest(path) == row.get("model_sha256")
 
 
 def fine_tune_settings(args):
@@ -316,14 +334,20 @@ def main(argv=None):
                        run.get(kind), lambda curve, kind=kind: store.update(
                            settings, lambda run: run.update({kind: curve})))
 
-    done = {row["sparsity"] for row in run.get("finetune", [])}
-    todo = [s for s in FINE_TUNE_SPARSITIES if s not in done] if settings["fine_tune"] else []
+    wanted = args.fine_tune_sparsities if settings["fine_tune"] else []
+    done = [row["sparsity"] for row in run.get("finetune", []) if row["sparsity"] in wanted
+            and pruned_model_matches(row, paths["models"]) and not args.force]
+    todo = [s for s in wanted if s not in done]
+    stored = {row["sparsity"] for row in run.get("finetune", [])}
     if done:
         print(f"fine-tuning: {', '.join(f'{s:.0%}' for s in sorted(done))} done already, skipped")
     for i, sparsity in enumerate(todo, start=1):
-        print(f"fine-tuning {i}/{len(todo)}: {sparsity:.0%} sparse (~7 min each on 2 CPU cores)")
+        print(f"fine-tuning {i}/{len(todo)}: {sparsity:.0%} sparse (~7 min each on 2 CPU cores)"
+              + ("; its stored row is made again with its model file" if sparsity in stored
+                 and not args.force else ""))
         row = fine_tune_at(model_path, sparsity, train, test, settings["fine_tune"],
                            args.seed, paths["models"])
+        row["model_sha256"] = file_digest(pruned_model_path(paths["models"], sparsity))
 
         def add_row(run, row=row):
             run["finetune"] = upsert(run.get("finetune", []), "sparsity", row)

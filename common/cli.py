@@ -1,6 +1,7 @@
 """Command-line options shared by the part scripts; bad values exit 2 with one line."""
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -142,22 +143,16 @@ def shown_path(path):
     return path if relative.startswith(os.pardir) else relative
 
 
-def load_backend():
-    """Import Keras and its backend with the C++ start-up notices hidden.
-
-    TensorFlow's absl logging prints before TF_CPP_MIN_LOG_LEVEL is read
-    ("All log messages before absl::InitializeLog()", oneDNN, CUDA), so file
-    descriptor 2 points at a temporary file during the import; what was
-    captured is printed only if the import fails.
-    """
+@contextlib.contextmanager
+def quiet_stderr():
+    """Hold back what C++ code writes to file descriptor 2 inside the block
+    (Python's sys.stderr included); replay it only if the block raises."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import keras
-            if keras.backend.backend() == "tensorflow":
-                import tensorflow  # noqa: F401
+            yield
         except BaseException:
             os.dup2(saved, 2)
             captured.seek(0)
@@ -166,6 +161,19 @@ def load_backend():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def load_backend():
+    """Import Keras and its backend with the C++ start-up notices hidden.
+
+    TensorFlow's absl logging prints before TF_CPP_MIN_LOG_LEVEL is read
+    ("All log messages before absl::InitializeLog()", oneDNN, CUDA), so they
+    are held back (see `quiet_stderr`) and shown only if the import fails.
+    """
+    with quiet_stderr():
+        import keras
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow  # noqa: F401
 
 
 def run_main(main, argv=None):

@@ -56,18 +56,18 @@ def inference_function(model):
     return lambda x: keras.ops.convert_to_numpy(model(x, training=False))
 
 
-def time_forward(models, images, batch_size=256, repeats=5, seed=0, progress=False):
-    """Seconds for one forward pass over `images`, per model, measured fairly.
+def time_interleaved(runners, inputs, repeats=5, seed=0, progress=False):
+    """Seconds each runner takes for one pass over `inputs`, measured fairly.
 
-    Every model gets a compiled inference function, the same batches and a
-    warm-up pass (not timed). Then `repeats` rounds time each model once per
-    round, in a fresh random order each round, so that drift in the machine's
-    speed (and whichever model happens to run first) does not favour anyone.
+    Every runner first makes one untimed pass (warm-up: tracing, compilation,
+    allocation). Then each of `repeats` rounds times every runner once, in a
+    fresh random order each round, so that drift in the machine's speed (and
+    whichever runner happens to go first) does not favour anyone.
 
     Parameters
     ----------
-    models : dict name -> keras.Model
-    images : ndarray (N, H, W, C)
+    runners : dict name -> callable(one input), returning when its work is done
+    inputs : sequence of inputs (batches)
     progress : show Keras' Progbar over the rounds (a bar with ETA in a
         terminal, one line at the end in a log)
 
@@ -77,12 +77,10 @@ def time_forward(models, images, batch_size=256, repeats=5, seed=0, progress=Fal
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
-    functions = {name: inference_function(model) for name, model in models.items()}
-    for fn in functions.values():
-        for batch in batches:  # warm-up: tracing and compilation for each batch shape
-            fn(batch)
-    order = list(functions)
+    for run in runners.values():
+        for x in inputs:
+            run(x)
+    order = list(runners)
     rng = random.Random(seed)
     seconds = {name: [] for name in order}
     bar = keras.utils.Progbar(repeats, verbose=(1 if sys.stdout.isatty() else 2) if progress
@@ -90,12 +88,26 @@ def time_forward(models, images, batch_size=256, repeats=5, seed=0, progress=Fal
     for done in range(1, repeats + 1):
         rng.shuffle(order)
         for name in order:
+            run = runners[name]
             start = time.perf_counter()
-            for batch in batches:
-                functions[name](batch)  # returns host arrays: the work is done
+            for x in inputs:
+                run(x)
             seconds[name].append(time.perf_counter() - start)
         bar.update(done)
     return seconds
+
+
+def time_forward(models, images, batch_size=256, repeats=5, seed=0, progress=False):
+    """Seconds for one forward pass over `images`, per model, timed side by side
+    (see `time_interleaved`) with a compiled inference function each and the
+    same batches.
+
+    models : dict name -> keras.Model;  images : ndarray (N, H, W, C)
+    Returns dict name -> list of `repeats` wall-clock seconds.
+    """
+    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+    functions = {name: inference_function(model) for name, model in models.items()}
+    return time_interleaved(functions, batches, repeats, seed, progress)
 
 
 def summarize_seconds(seconds):

@@ -295,3 +295,58 @@ def plot_compression_tradeoff(part2, part3, path):
         zoom.annotate(f"k={r['k']}", (r["params"], y), fontsize=7, xytext=(-4, 6),
                       textcoords="offset points", ha="right")
     return _save_below(fig, full, path, ncol=4, bottom=0.14)
+
+
+def plot_deployment(results, path):
+    """Part 4: test accuracy in LiteRT against latency (batch 1, 1 thread) and
+    against gzipped bytes, every model and precision; the float32 original
+    marked by a star and dotted lines. Colour: model family; marker: precision
+    (hollow: sparse-encoded); the label: k or the share of weights pruned."""
+    rows = results["models"]
+    colours = {"original": "k", "tucker": "C1", "pruned": "C0"}
+    markers = {"float32": "o", "dynamic_int8": "s", "int8": "D"}
+    fig, (time_ax, size_ax) = plt.subplots(1, 2, figsize=(13, 5.4), sharey=True)
+    panels = ((time_ax, lambda r: 1e3 * r["latency"]["1"]["median"] if "latency" in r else None,
+               "latency per image, batch 1, 1 thread (ms, log scale)"),
+              (size_ax, lambda r: r["gzip_bytes"] / 1e6, "file size, gzipped (MB, log scale)"))
+    for ax, x_of, xlabel in panels:
+        for row in rows:
+            x = x_of(row)
+            if x is None:
+                continue
+            colour = colours[row["family"]]
+            original = row["family"] == "original" and row["precision"] == "float32"
+            ax.plot(x, row["test_accuracy"], "*" if original else markers[row["precision"]],
+                    ms=14 if original else 6, color=colour,
+                    mfc="white" if row["sparse"] else colour)
+            label = {"tucker": f"k{row.get('k')}",
+                     "pruned": f"{100 * row.get('sparsity', 0):g}%"}.get(row["family"], "")
+            if label:
+                ax.annotate(label, (x, row["test_accuracy"]), fontsize=6, color=colour,
+                            xytext=(3, 3), textcoords="offset points")
+            if original:
+                ax.axvline(x, color="k", ls=":", lw=0.8)
+                ax.axhline(row["test_accuracy"], color="k", ls=":", lw=0.8)
+        ax.set_xscale("log")
+        ax.set(xlabel=xlabel)
+        ax.grid(alpha=0.3, which="both")
+    time_ax.set(ylabel="test accuracy (LiteRT)")
+    _percent(time_ax)
+    handles = [plt.Line2D([], [], ls="", marker="*", ms=12, color="k",
+                          label="original, float32 (dotted lines)")]
+    handles += [plt.Line2D([], [], ls="", marker="o", color=c, label=name)
+                for name, c in (("Tucker-2 (k = 1..8), fine-tuned", "C1"),
+                                ("pruned (share of weights), fine-tuned", "C0"),
+                                ("original", "k"))]
+    handles += [plt.Line2D([], [], ls="", marker=m, color="grey", label=p)
+                for p, m in markers.items()]
+    handles.append(plt.Line2D([], [], ls="", marker="o", color="grey", mfc="white",
+                              label="sparse-encoded (hollow)"))
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    timing = results.get("timing", {})
+    fig.suptitle(f"Deployed in LiteRT (XNNPACK, {timing.get('images', '?')} images x "
+                 f"{timing.get('repeats', '?')} interleaved rounds), {dataset_name(results)}")
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

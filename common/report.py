@@ -136,6 +136,84 @@ def part2_tables(part2):
     return "\n".join(out)
 
 
+def _part4_label(row):
+    """"Tucker k = 4", "pruned 90%" or "original", for tables and figures."""
+    if row["family"] == "tucker":
+        return f"Tucker k = {row['k']}"
+    if row["family"] == "pruned":
+        return f"pruned {100 * row['sparsity']:g}%"
+    return "original"
+
+
+def _part4_rows(part4):
+    """Rows in reading order: family, then k or sparsity, then precision."""
+    order = {"original": 0, "tucker": 1, "pruned": 2}
+    precisions = ("float32", "dynamic_int8", "int8")
+    return sorted(part4.get("models", []), key=lambda r: (
+        order[r["family"]], r.get("k", 0), r.get("sparsity", 0), r["sparse"],
+        precisions.index(r["precision"])))
+
+
+def part4_table(part4):
+    """Accuracy, LiteRT latency and bytes of every flatbuffer, with Keras' numbers."""
+    rows = ["| model | precision | test acc. (LiteRT) | in Keras | ms/image, 1 thread (min–max) "
+            "| time ratio, 1 thread | 2 threads | Keras time ratio (batch 256) | bytes | gzipped |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in _part4_rows(part4):
+        latency, ratio = row.get("latency", {}).get("1"), row.get("time_ratio", {})
+        # Keras' time belongs to the Keras model: shown on its float32 row
+        keras_ratio = row.get("keras_time_ratio") if row["precision"] == "float32" \
+            and not row["sparse"] else None
+        rows.append(
+            f"| {_part4_label(row)} | {row['precision']}{' sparse' if row['sparse'] else ''}"
+            f"{'' if row.get('delegate', 'XNNPACK') == 'XNNPACK' else ' (no XNNPACK)'} "
+            f"| {_pct(row['test_accuracy'])} | {_pct(row.get('keras_test_accuracy'))} "
+            + (f"| {1e3 * latency['median']:.3f} ({1e3 * latency['min']:.3f}–"
+               f"{1e3 * latency['max']:.3f}) | {ratio['1']:.2f} | {ratio['2']:.2f} "
+               if latency else "| — | — | — ")
+            + f"| {'—' if keras_ratio is None else f'{keras_ratio:.2f}'} "
+            f"| {row['bytes']:,} | {row['gzip_bytes']:,} |")
+    return "\n".join(rows)
+
+
+def part4_targets(part4):
+    """Part 4's targets, each with what was measured (LiteRT, 1 thread)."""
+    rows = {r["name"]: r for r in part4.get("models", []) if "time_ratio" in r}
+    original = rows.get("original float32")
+    if original is None:
+        return "targets: not measured (no timed float32 original)"
+    base, reference_keras_bytes = original["test_accuracy"], original["keras_bytes"]
+
+    def drop(row):
+        return f"{100 * (row['test_accuracy'] - base):+.2f} points"
+    lines = ["| target | measured | met |", "|---|---|---|"]
+
+    def add(target, row, measured, met):
+        lines.append(f"| {target} | " + (f"{row['name']}: {measured}, {drop(row)} | "
+                                          f"{'yes' if met else 'no'} |"
+                                          if row else "not measured | — |"))
+    k4 = rows.get("tucker_k4 float32")
+    add("Tucker k = 4 float32: time ≤ 0.45 of the original's, within 1 point", k4,
+        k4 and f"time ×{k4['time_ratio']['1']:.3f}",
+        k4 and k4["time_ratio"]["1"] <= 0.45 and k4["test_accuracy"] >= base - 0.01)
+    int8 = rows.get("original int8")
+    add("original in full int8: time ≤ 0.35, within 0.5 point", int8,
+        int8 and f"time ×{int8['time_ratio']['1']:.3f}",
+        int8 and int8["time_ratio"]["1"] <= 0.35 and int8["test_accuracy"] >= base - 0.005)
+    close = [r for r in rows.values() if r["test_accuracy"] >= base - 0.015]
+    fastest = min((r for r in close if r["family"] != "original" and "int8" in r["precision"]),
+                  key=lambda r: r["time_ratio"]["1"], default=None)
+    add("best int8 compressed model within 1.5 points: ≥ 5× faster", fastest,
+        fastest and f"{1 / fastest['time_ratio']['1']:.2f}× faster",
+        fastest and 1 / fastest["time_ratio"]["1"] >= 5)
+    smallest = min(close, key=lambda r: r["gzip_bytes"], default=None)
+    add("smallest file within 1.5 points: ≥ 20× smaller (gzipped) than reference.keras",
+        smallest, smallest and f"{reference_keras_bytes / smallest['gzip_bytes']:.1f}× smaller "
+        f"({smallest['gzip_bytes']:,} B)",
+        smallest and reference_keras_bytes / smallest["gzip_bytes"] >= 20)
+    return "\n".join(lines)
+
+
 def run_heading(path, run, runs):
     """A line naming one run of several in a file: its label and settings."""
     shown = {k: v for k, v in run["settings"].items() if not k.endswith("sha256")}
@@ -154,7 +232,9 @@ def main(argv=None):
                   [augment_trend(run)] if run["experiments"].get("augment", {}).get("complete")
                   else []),
               "part3": lambda run: [part3_table(run)] if run.get("sweep") else [],
-              "part2": lambda run: [part2_tables(run)]}
+              "part2": lambda run: [part2_tables(run)],
+              "part4": lambda run: [part4_table(run), "", part4_targets(run)]
+              if run.get("models") else []}
     printed = 0
     for part, make in tables.items():
         path = os.path.join(args.output_dir, "results", f"{part}.json")

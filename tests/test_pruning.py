@@ -6,7 +6,7 @@ import pytest
 
 import part2_prune
 from common import cli, pruning
-from common.results import write_json
+from common.results import file_digest, write_json
 from tests.conftest import argparse_error, stored_run, tiny_classifier
 
 
@@ -202,13 +202,14 @@ def test_unknown_layer_and_missing_model_exit_2(tmp_path, tiny_cifar, tiny_model
     assert "part1_cnn.py --experiments reference" in capsys.readouterr().err
 
 
-def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch):
+def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(part2_prune, "FINE_TUNE_SPARSITIES", (0.9,))
     out = str(tmp_path)
-    assert run(["--data-dir", tiny_cifar[0], "--output-dir", out, "--model", tiny_model_file,
-                "--rates", "0", "0.5", "--layers", "conv2", "head", "--fine-tune-epochs", "1",
-                "--sparsities", "0.5", "0.9",
-                "--train-limit", "40", "--batch-size", "20", "--precision", "float32"]) == 0
+    argv = ["--data-dir", tiny_cifar[0], "--output-dir", out, "--model", tiny_model_file,
+            "--rates", "0", "0.5", "--layers", "conv2", "head", "--fine-tune-epochs", "1",
+            "--sparsities", "0.5", "0.9",
+            "--train-limit", "40", "--batch-size", "20", "--precision", "float32"]
+    assert run(argv) == 0
     results = stored_run(out, "part2")
     assert set(results["layer_sensitivity"]) == {"conv2", "head"}
     assert results["layer_sensitivity"]["conv2"]["index"] == 2
@@ -221,11 +222,21 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch)
     assert {"test_accuracy_recalibrated", "test_accuracy_refitted", "peak_learning_rate",
             "batch_size", "gradual"} <= set(row) and row["precision"] == "float32"
     assert results["sizes"][1]["sparse_bytes"] < results["sizes"][0]["sparse_bytes"]
+    model_file = tmp_path / "models" / "pruned_90.keras"
+    assert row["model_sha256"] == file_digest(str(model_file))
     for name in ("layer_sensitivity", "global_vs_uniform", "finetune"):
         assert (tmp_path / "figures" / f"part2_{name}.png").read_bytes().startswith(b"\x89PNG")
     (tmp_path / "figures" / "part2_finetune.png").unlink()
     assert run(["--plot-only", "--output-dir", out]) == 0
     assert (tmp_path / "figures" / "part2_finetune.png").exists()
+
+    # A stored row whose model file is gone (a fresh clone) is made again.
+    model_file.unlink()
+    assert run(argv + ["--fine-tune-sparsities", "0.9"]) == 0
+    assert "its stored row is made again" in capsys.readouterr().out
+    (row,) = stored_run(out, "part2")["finetune"]
+    assert row["model_sha256"] == file_digest(str(model_file))
+    assert run(argv) == 0 and "90% done already, skipped" in capsys.readouterr().out
 
     # The trade-off figure needs Part 3 results measured on the same model and data.
     part3 = {"settings": dict(results["settings"], model_sha256="another model"),

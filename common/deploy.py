@@ -1,0 +1,185 @@
+"""Keras models as LiteRT flatbuffers, and what they cost in the LiteRT interpreter.
+
+LiteRT (formerly TensorFlow Lite) is the runtime Android and many embedded
+devices run models in. A flatbuffer is converted with builtin ops only, so it
+runs in any LiteRT interpreter without TensorFlow's op library, in one of:
+
+    float32        the weights as they are
+    dynamic_int8   int8 weights, activations quantized on the fly per image
+    int8           int8 weights and activations, their ranges calibrated on
+                   training images (inputs and outputs stay float32)
+
+and optionally with sparse weights encoded as such (`sparse=True`): a pruned
+kernel is stored as its non-zero values plus their positions.
+
+Measurements run in `ai_edge_litert`'s interpreter with XNNPACK, the CPU
+delegate LiteRT applies by default.
+"""
+
+import gzip
+import os
+import tempfile
+
+import keras
+import numpy as np
+
+from common.cli import quiet_stderr
+from common.measure import time_interleaved
+from common.models import leaf_layers
+
+PRECISIONS = ("float32", "dynamic_int8", "int8")
+
+
+def _export(model, **converter_options):
+    """model.export(format="litert") with builtin ops only; the flatbuffer's bytes.
+
+    Keras' exporter also allows TensorFlow ops (SELECT_TF_OPS), which a plain
+    LiteRT interpreter cannot run: `supported_ops` overrides that.
+    """
+    import tensorflow as tf
+    options = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]},
+               **converter_options}
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.tflite")
+        with quiet_stderr():  # the converter's C++ passes log there
+            model.export(path, format="litert", verbose=False, **options)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def to_flatbuffer(model, precision="float32", calibration_images=None, sparse=False):
+    """Convert a Keras model (TensorFlow backend) to a LiteRT flatbuffer.
+
+    Parameters
+    ----------
+    model : keras.Model, inputs and outputs float32
+    precision : "float32", "dynamic_int8" or "int8" (see the module docstring)
+    calibration_images : ndarray (N, H, W, C), the inputs whose activation
+        ranges fix int8's scales; required for "int8" alone. Pass training
+        images: ranges fitted to the test images would flatter the accuracy.
+    sparse : encode mostly-zero weight tensors sparsely (smaller file)
+
+    Returns
+    -------
+    bytes : the flatbuffer
+
+    Raises ValueError naming the first layer whose ops are not LiteRT builtins.
+    """
+    import tensorflow as tf
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    options = {}
+    optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []
+    if precision != "float32":
+        optimizations.append(tf.lite.Optimize.DEFAULT)
+    if optimizations:
+        options["optimizations"] = optimizations
+    if precision == "int8":
+        if calibration_images is None or not len(calibration_images):
+            raise ValueError("int8 needs calibration_images (training images)")
+        images = np.asarray(calibration_images, np.float32)
+        options["representative_dataset"] = lambda: ([image[None]] for image in images)
+        options["target_spec"] = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]}
+    try:
+        return _export(model, **options)
+    except Exception as err:  # the converter raises its own error classes
+        layer = unsupported_layer(model)
+        if layer is None:
+            raise
+        raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) has no LiteRT "
+                         "builtin op; LiteRT cannot run this model without TensorFlow's "
+                         f"ops ({type(err).__name__})") from None
+
+
+def unsupported_layer(model):
+    """The first layer of `model` that does not convert to builtin ops alone,
+    or None. Each single-input layer is converted on its own (seconds each):
+    the converter's own error names graph ops, not layers."""
+    for layer in leaf_layers(model):
+        if isinstance(layer, keras.layers.InputLayer) or isinstance(layer.input, (list, tuple)):
+            continue
+        alone = keras.Sequential([keras.Input(tuple(layer.input.shape[1:])), layer])
+        try:
+            _export(alone)
+        except Exception:
+            return layer
+    return None
+
+
+def op_names(flatbuffer):
+    """The set of op names (e.g. "CONV_2D") in a flatbuffer, as converted (no
+    delegate has replaced any of them)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    plain = Interpreter(model_content=flatbuffer,
+                        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    return {op["op_name"] for op in plain._get_ops_details()}
+
+
+def interpreter(flatbuffer, threads=1, batch_size=1):
+    """A LiteRT interpreter for `flatbuffer`, its input resized to `batch_size`
+    images, tensors allocated, and `.delegate` saying what runs it.
+
+    XNNPACK, LiteRT's default CPU delegate, runs the ops it supports with
+    `threads` threads. Where it refuses the model (it cannot take some sparse
+    int8 layers, for one), LiteRT's builtin kernels run it instead.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    def make(**options):
+        runner = Interpreter(model_content=flatbuffer, num_threads=threads, **options)
+        (source,) = runner.get_input_details()
+        runner.resize_tensor_input(source["index"], [batch_size, *source["shape"][1:]])
+        runner.allocate_tensors()
+        return runner
+    try:
+        runner = make()
+        runner.delegate = "XNNPACK"
+    except RuntimeError as err:
+        runner = make(experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        runner.delegate = f"builtin kernels (XNNPACK refused: {' '.join(str(err).split())})"
+    return runner
+
+
+def predictor(flatbuffer, threads=1, batch_size=1):
+    """A function images (batch_size, H, W, C) float32 -> outputs, in LiteRT
+    (see `interpreter`); its `.delegate` says what runs it."""
+    runner = interpreter(flatbuffer, threads, batch_size)
+    source = runner.get_input_details()[0]["index"]
+    target = runner.get_output_details()[0]["index"]
+
+    def predict(images):
+        runner.set_tensor(source, images)
+        runner.invoke()
+        return runner.get_tensor(target)
+    predict.delegate = runner.delegate
+    return predict
+
+
+def predict(flatbuffer, images, batch_size=500, threads=2):
+    """The flatbuffer's outputs for `images` (N, H, W, C), batch by batch."""
+    images = np.asarray(images, np.float32)
+    full = predictor(flatbuffer, threads, batch_size)
+    outputs = [full(images[i:i + batch_size]) if len(images[i:i + batch_size]) == batch_size
+               else predictor(flatbuffer, threads, len(images) - i)(images[i:])
+               for i in range(0, len(images), batch_size)]
+    return np.concatenate(outputs)
+
+
+def sizes(flatbuffer):
+    """Bytes on disk, and gzipped (level 9): zeros and repeated values compress."""
+    return {"bytes": len(flatbuffer), "gzip_bytes": len(gzip.compress(flatbuffer, 9))}
+
+
+def time_per_image(flatbuffers, images, threads=(1, 2), repeats=5, seed=0, progress=False):
+    """Latency at batch 1 in LiteRT: mean seconds per image of each flatbuffer
+    at each thread count, all of them interleaved in every round, warm-up
+    excluded (see `measure.time_interleaved`).
+
+    flatbuffers : dict name -> bytes;  images : ndarray (N, H, W, C)
+    Returns dict (name, threads) -> list of `repeats` seconds per image.
+    """
+    singles = [np.asarray(image[None], np.float32) for image in images]
+    runners = {(name, t): predictor(flatbuffer, t) for name, flatbuffer in flatbuffers.items()
+               for t in threads}
+    seconds = time_interleaved(runners, singles, repeats, seed, progress)
+    return {key: [s / len(singles) for s in values] for key, values in seconds.items()}

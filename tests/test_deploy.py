@@ -1,0 +1,220 @@
+"""LiteRT flatbuffers against the Keras models they come from; the timing harness; Part 4."""
+
+import gzip
+import os
+import time
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+import part4_deploy
+from common import cli, deploy, measure, pruning, tucker
+from common.inference import fold_batchnorm
+from common.results import file_digest, write_json
+from tests.conftest import stored_run, tiny_classifier
+from tests.test_inference import randomize_batchnorm
+
+
+def images(n=8, seed=1):
+    return np.random.default_rng(seed).uniform(size=(n, 32, 32, 3)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The tiny classifier with non-trivial batch-norm statistics."""
+    model = tiny_classifier()
+    randomize_batchnorm(model)
+    return model
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_float32_flatbuffer_computes_what_keras_computes(model, fold):
+    source = fold_batchnorm(model)[0] if fold else model
+    flatbuffer = deploy.to_flatbuffer(source)
+    assert ("BATCH_NORM" not in str(deploy.op_names(flatbuffer)))
+    np.testing.assert_allclose(deploy.predict(flatbuffer, images(), batch_size=3),
+                               model.predict(images(), verbose=0), rtol=1e-4, atol=1e-4)
+
+
+def test_int8_predicts_what_float32_predicts_on_most_images(model):
+    calibration = images(64, seed=2)
+    x = images(40, seed=3)
+    float32 = deploy.predict(deploy.to_flatbuffer(model), x).argmax(1)
+    for precision in ("dynamic_int8", "int8"):
+        flatbuffer = deploy.to_flatbuffer(model, precision, calibration)
+        assert (deploy.predict(flatbuffer, x).argmax(1) == float32).mean() >= 0.8, precision
+    assert {"QUANTIZE", "DEQUANTIZE"} <= deploy.op_names(flatbuffer)  # float32 in and out
+
+
+def test_sizes_int8_is_smaller_and_sparse_encoding_shrinks_a_pruned_model(model):
+    flatbuffer = deploy.to_flatbuffer(model)
+    assert deploy.sizes(flatbuffer) == {"bytes": len(flatbuffer),
+                                        "gzip_bytes": len(gzip.compress(flatbuffer, 9))}
+    int8 = deploy.to_flatbuffer(model, "int8", images(16))
+    assert len(int8) < len(flatbuffer) / 2  # the weights take 1 byte instead of 4
+    pruned = keras.models.clone_model(model)
+    pruned.set_weights(model.get_weights())
+    pruning.apply_masks(pruned, pruning.global_masks(pruning.kernels_of(pruned), 0.9))
+    dense_encoded = deploy.to_flatbuffer(pruned)
+    sparse_encoded = deploy.to_flatbuffer(pruned, sparse=True)
+    assert len(sparse_encoded) < 0.6 * len(dense_encoded)
+    np.testing.assert_allclose(deploy.predict(sparse_encoded, images()),
+                               deploy.predict(dense_encoded, images()), rtol=1e-4, atol=1e-5)
+
+
+def test_int8_without_calibration_images_and_unknown_precision_are_refused(model):
+    with pytest.raises(ValueError, match="calibration_images"):
+        deploy.to_flatbuffer(model, "int8")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        deploy.to_flatbuffer(model, "float16")
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class Erf(layers.Layer):
+    """erf has no LiteRT builtin op."""
+
+    def call(self, x):
+        return keras.ops.erf(x)
+
+
+def model_with_erf():
+    inputs = keras.Input((32, 32, 3))
+    x = layers.Conv2D(4, 3, name="conv")(inputs)
+    x = Erf(name="odd_one")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(10, activation="softmax", name="head")(x))
+
+
+def test_a_layer_without_builtin_ops_is_named():
+    with pytest.raises(ValueError, match="layer 'odd_one' \\(Erf\\) has no LiteRT builtin op"):
+        deploy.to_flatbuffer(model_with_erf())
+
+
+def test_timing_interleaves_every_runner_in_each_round_and_excludes_warm_up():
+    calls = []
+
+    def runner(name, warm_up_seconds):
+        def run(x):
+            if not any(c == name for c, _ in calls):  # the first call: slow, as a warm-up is
+                time.sleep(warm_up_seconds)
+            calls.append((name, x))
+        return run
+    runners = {name: runner(name, 0.3) for name in "abcd"}
+    seconds = measure.time_interleaved(runners, [0, 1, 2], repeats=6, seed=0)
+    warm_up, timed = calls[:12], calls[12:]
+    assert sorted(warm_up) == sorted((n, x) for n in "abcd" for x in range(3))
+    rounds = [timed[i:i + 12] for i in range(0, len(timed), 12)]
+    assert len(rounds) == 6
+    orders = []
+    for round_calls in rounds:  # each runner once per round, over all inputs in a row
+        order = [name for name, _ in round_calls[::3]]
+        assert sorted(order) == list("abcd")
+        assert round_calls == [(n, x) for n in order for x in range(3)]
+        orders.append(tuple(order))
+    assert len(set(orders)) > 1  # a fresh order each round
+    assert all(len(s) == 6 and max(s) < 0.1 for s in seconds.values())  # no warm-up in it
+
+
+def test_latency_per_image_keys_models_and_threads(model):
+    flatbuffer = deploy.to_flatbuffer(model)
+    seconds = deploy.time_per_image({"a": flatbuffer, "b": flatbuffer}, images(3),
+                                    threads=(1, 2), repeats=2)
+    assert set(seconds) == {("a", 1), ("a", 2), ("b", 1), ("b", 2)}
+    assert all(len(s) == 2 and 0 < min(s) < 1 for s in seconds.values())
+
+
+# ---- part4_deploy.py ------------------------------------------------------------
+
+def run(argv):
+    return cli.run_main(part4_deploy.main, argv)
+
+
+def compressed_models_beside(out, tiny_model_file):
+    """A fine-tuned Tucker k = 4 and a 90%-pruned tiny model in out/models/, with
+    the Part 3 and Part 2 results rows that name them, as those parts write."""
+    original = keras.saving.load_model(tiny_model_file)
+    os.makedirs(os.path.join(out, "models"), exist_ok=True)
+    os.makedirs(os.path.join(out, "results"), exist_ok=True)
+    settings = {"model_sha256": file_digest(tiny_model_file), "fine_tune": {"epochs": 1}}
+    decomposed, _ = tucker.decompose_model(original, lambda c, f: tucker.tucker_ranks(c, f, 4))
+    decomposed.save(os.path.join(out, "models", "tucker_k4.keras"))
+    write_json(os.path.join(out, "results", "part3.json"), {"runs": [{
+        "settings": settings, "original": {"forward_seconds": {"median": 2.0}},
+        "timing": {"images": 1000},
+        "sweep": [{"k": 4, "fine_tuned_test_accuracy": 0.25, "time_ratio": 0.5,
+                   "model_sha256": file_digest(os.path.join(out, "models", "tucker_k4.keras"))}]}]})
+    pruning.apply_masks(original, pruning.global_masks(pruning.kernels_of(original), 0.9))
+    original.save(os.path.join(out, "models", "pruned_90.keras"))
+    write_json(os.path.join(out, "results", "part2.json"), {"runs": [{
+        "settings": settings, "finetune": [{
+            "sparsity": 0.9, "test_accuracy_after": 0.2,
+            "model_sha256": file_digest(os.path.join(out, "models", "pruned_90.keras"))}]}]})
+
+
+def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch, capsys):
+    out = str(tmp_path)
+    compressed_models_beside(out, tiny_model_file)
+    converted = []
+
+    def spy(model, precision="float32", calibration_images=None, sparse=False):
+        converted.append((precision, sparse, calibration_images))
+        return to_flatbuffer(model, precision, calibration_images, sparse)
+    to_flatbuffer = deploy.to_flatbuffer
+    monkeypatch.setattr(deploy, "to_flatbuffer", spy)
+    argv = ["--data-dir", tiny_cifar[0], "--output-dir", out, "--model", tiny_model_file,
+            "--timing-images", "3", "--timing-repeats", "2"]
+    assert run(argv) == 0
+    printed = capsys.readouterr().out
+    assert "tucker 1, 2, 3, 5, 6, 7, 8" in printed and "--fine-tune 3 --k 1 2 3 5 6 7 8" in printed
+    assert "--fine-tune-sparsities 0.5 0.8 0.85 0.95" in printed
+
+    results = stored_run(out, "part4")
+    names = {row["name"] for row in results["models"]}
+    assert names == {f"{m} {p}" for m in ("original", "tucker_k4", "pruned_90")
+                     for p in deploy.PRECISIONS} | {"pruned_90 float32 sparse",
+                                                    "pruned_90 int8 sparse"}
+    train, test = tiny_cifar[1]["train"][0], tiny_cifar[1]["test"][0]
+    calibration = [c for p, _, c in converted if p == "int8"]
+    assert calibration and all(len(c) == len(train) for c in calibration)
+    for batch in calibration:  # training images, never test images
+        pixels = np.round(batch * 255).astype(np.uint8)
+        assert all(any(np.array_equal(p, t) for t in train) for p in pixels)
+        assert not any(np.array_equal(p, t) for p in pixels for t in test)
+    for row in results["models"]:
+        assert set(row["latency"]) == set(row["time_ratio"]) == {"1", "2"}
+        assert os.path.isfile(os.path.join(out, "models", "litert",
+                                           row["name"].replace(" ", "_") + ".tflite"))
+        assert row["gzip_bytes"] < row["bytes"] and 0 <= row["test_accuracy"] <= 1
+    by_name = {row["name"]: row for row in results["models"]}
+    assert by_name["original float32"]["time_ratio"] == {"1": 1.0, "2": 1.0}
+    assert by_name["tucker_k4 float32"]["keras_time_ratio"] == 0.5
+    assert by_name["pruned_90 float32 sparse"]["bytes"] < by_name["pruned_90 float32"]["bytes"]
+    assert results["meta"]["ai_edge_litert"] and results["timing"]["repeats"] == 2
+    figure = tmp_path / "figures" / "part4_deploy.png"
+    assert figure.read_bytes().startswith(b"\x89PNG")
+
+    # Rerun: everything measured is skipped; --plot-only redraws.
+    converted.clear()
+    assert run(argv) == 0 and converted == []
+    assert "11 of 11 done already, skipped" in capsys.readouterr().out
+    figure.unlink()
+    assert run(["--plot-only", "--output-dir", out]) == 0 and figure.exists()
+
+
+def test_a_model_litert_cannot_run_exits_2_naming_the_layer(tiny_cifar, tmp_path, capsys):
+    path = str(tmp_path / "erf.keras")
+    model_with_erf().save(path)
+    assert run(["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path),
+                "--model", path]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "layer 'odd_one' (Erf) has no LiteRT builtin op" in err
+    assert "erf.keras" in err
+
+
+def test_a_missing_original_names_the_command_that_makes_it(tmp_path, no_repo_model, capsys):
+    assert run(["--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "model file not found; make it with: python part1_cnn.py --experiments reference" in err
