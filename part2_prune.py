@@ -27,6 +27,7 @@ fresh clone) is made again when its sparsity is fine-tuned.
 
 import functools
 import os
+import sys
 
 from common import cli
 from common.data import load_for_run
@@ -73,6 +74,9 @@ RESULTS_FILE = "part2.json"
 def parse_args(argv=None):
     parser = cli.make_parser(__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                              epochs=False)
+    parser.add_argument("--structured", action="store_true",
+                        help="remove whole filters instead: runs part2_structured.py "
+                             "with the other options (see its --help)")
     parser.add_argument("--model", metavar="PATH", help=cli.MODEL_HELP.format("prune"))
     parser.add_argument("--rates", type=cli.unit_fraction("rate"), nargs="+", metavar="RATE",
                         default=list(RATES), help="prune rates for the per-layer "
@@ -296,6 +300,10 @@ def plot_figures(run, part3_path, figures_dir):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--structured" in argv:  # its own section of Part 2, with its own options
+        import part2_structured
+        return part2_structured.main([a for a in argv if a != "--structured"])
     args = parse_args(argv)
     paths = cli.output_paths(args.output_dir)
     store = ResultsStore(os.path.join(paths["results"], RESULTS_FILE))

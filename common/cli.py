@@ -144,9 +144,9 @@ def shown_path(path):
 
 
 @contextlib.contextmanager
-def quiet_stderr():
+def quiet_stderr(replay=True):
     """Hold back what C++ code writes to file descriptor 2 inside the block
-    (Python's sys.stderr included); replay it only if the block raises."""
+    (Python's sys.stderr included); replay it if the block raises and `replay`."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
@@ -155,8 +155,9 @@ def quiet_stderr():
             yield
         except BaseException:
             os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
+            if replay:
+                captured.seek(0)
+                sys.stderr.write(captured.read().decode(errors="replace"))
             raise
         finally:
             os.dup2(saved, 2)

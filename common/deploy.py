@@ -41,7 +41,7 @@ def _export(model, **converter_options):
                **converter_options}
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.tflite")
-        with quiet_stderr():  # the converter's C++ passes log there
+        with quiet_stderr(replay=False):  # the converter's C++ logs; its errors say it all
             model.export(path, format="litert", verbose=False, **options)
         with open(path, "rb") as f:
             return f.read()

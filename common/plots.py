@@ -350,3 +350,65 @@ def plot_deployment(results, path):
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_structured(run, part3_runs, part4_runs, path):
+    """Part 2, structured: test accuracy against measured time, in Keras (batch
+    256) and in LiteRT (batch 1, 1 thread), for filters removed and
+    fine-tuned, beside Tucker-2 k = 1..8 (Part 3's Keras times; Part 4's LiteRT
+    float32 times) and unstructured pruning (Part 4's LiteRT times; in Keras
+    a pruned model runs at dense speed)."""
+    rows = sorted((r for r in run["finetuned"] if "keras_time_ratio" in r),
+                  key=lambda r: r["flops_reduction"])
+    fig, (keras_ax, litert_ax) = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    dense = run["dense_test_accuracy"]
+    tucker = sorted((r for p3 in part3_runs[:1] for r in p3["sweep"]
+                     if r.get("fine_tuned_test_accuracy") and r.get("time_ratio")),
+                    key=lambda r: r["k"])
+    litert = [r for p4 in part4_runs[:1] for r in p4.get("models", [])
+              if r["precision"] == "float32" and not r["sparse"] and "time_ratio" in r]
+    for ax, x_of, title in ((keras_ax, lambda r: r["keras_time_ratio"],
+                             "Keras/TensorFlow, batch 256"),
+                            (litert_ax, lambda r: r["litert_time_ratio"]["1"],
+                             "LiteRT float32, batch 1, 1 thread")):
+        ax.plot([x_of(r) for r in rows], [r["test_accuracy_after"] for r in rows], "o-",
+                color="C2", label="filters removed + fine-tuned")
+        for r in rows:
+            ax.annotate(f"-{r['flops_reduction']:.0%} FLOPs", (x_of(r), r["test_accuracy_after"]),
+                        fontsize=7, xytext=(4, -10), textcoords="offset points", color="C2")
+        ax.plot(1, dense, "k*", ms=12, label="original")
+        ax.axhline(dense, color="k", ls=":", lw=0.8)
+        ax.set(xlabel="time relative to the original (median of interleaved rounds)", title=title)
+        ax.grid(alpha=0.3)
+    if tucker:
+        keras_ax.plot([r["time_ratio"] for r in tucker],
+                      [r["fine_tuned_test_accuracy"] for r in tucker], "s--", color="C1",
+                      label="Tucker-2 k = 1..8 + fine-tuned")
+    tucker_lite = sorted((r for r in litert if r["family"] == "tucker"), key=lambda r: r["k"])
+    if tucker_lite:
+        litert_ax.plot([r["time_ratio"]["1"] for r in tucker_lite],
+                       [r["test_accuracy"] for r in tucker_lite], "s--", color="C1")
+    pruned = sorted((r for r in litert if r["family"] == "pruned"), key=lambda r: r["sparsity"])
+    if pruned:
+        litert_ax.plot([r["time_ratio"]["1"] for r in pruned], [r["test_accuracy"] for r in pruned],
+                       "D:", color="C0", label="weights pruned (unstructured) + fine-tuned")
+    for ax, rows_k in ((keras_ax, tucker), (litert_ax, tucker_lite)):
+        for r in rows_k:
+            y = r.get("fine_tuned_test_accuracy") or r["test_accuracy"]
+            x = r["time_ratio"]["1"] if isinstance(r["time_ratio"], dict) else r["time_ratio"]
+            ax.annotate(f"k={r['k']}", (x, y), fontsize=7, xytext=(3, 4),
+                        textcoords="offset points", color="C1")
+    keras_ax.set(ylabel="test accuracy")
+    _percent(keras_ax)
+    handles, labels = [], []
+    for ax in (keras_ax, litert_ax):
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.suptitle(f"Accuracy against measured time, {dataset_name(run)}")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -7,6 +7,7 @@ import pytest
 from keras import layers
 
 from common import measure, models, structured
+from common.results import file_digest
 from tests.conftest import tiny_classifier
 from tests.test_inference import randomize_batchnorm
 
@@ -192,3 +193,61 @@ def test_sensitivity_allocation_takes_from_the_layer_that_loses_least_per_flop()
     assert counts["a"] == 16 and counts["b"] < 16
     full = structured.flops_after(model, {"a": 16, "b": 16})
     assert structured.flops_after(model, counts) <= 0.8 * full
+
+
+# ---- part2_structured.py --------------------------------------------------------
+
+def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, capsys):
+    import part2_prune
+    import part2_structured
+    from common import cli
+    from tests.conftest import stored_run
+    out = str(tmp_path)
+    argv = ["--structured", "--data-dir", tiny_cifar[0], "--output-dir", out,
+            "--model", tiny_model_file, "--flops-reductions", "0.5", "--fine-tune-epochs", "1",
+            "--batch-size", "20", "--precision", "float32", "--timing-repeats", "1"]
+    assert cli.run_main(part2_prune.main, argv) == 0  # part2_prune.py --structured
+    run = stored_run(out, "part2_structured")
+    assert set(run["sensitivity"]) == {"l1", "activation"}
+    assert set(run["sensitivity"]["l1"]) == {"conv1", "conv2", "conv3"}
+    assert len(run["candidates"]) == 6
+    for row in run["candidates"]:
+        assert row["flops_ratio"] <= 0.5 and 0 <= row["test_accuracy_recalibrated"] <= 1
+    (tuned,) = run["finetuned"]
+    model_file = tmp_path / "models" / "structured_50.keras"
+    assert tuned["model_sha256"] == file_digest(str(model_file))
+    assert set(tuned["litert_time_ratio"]) == {"1", "2"} and tuned["keras_time_ratio"] > 0
+    figure = tmp_path / "figures" / "part2_structured.png"
+    assert figure.read_bytes().startswith(b"\x89PNG")
+    # A rerun skips every piece; --plot-only redraws.
+    assert cli.run_main(part2_structured.main, argv[1:]) == 0
+    printed = capsys.readouterr().out
+    assert "6 of 6 done already, skipped" in printed and "reusing" in printed
+    figure.unlink()
+    assert cli.run_main(part2_structured.main, ["--plot-only", "--output-dir", out]) == 0
+    assert figure.exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--flops-reductions", "1"], "FLOPs reduction must be in [0, 1)"),
+    (["--fine-tune-epochs", "-1"], "must be at least 0"),
+])
+def test_bad_options_exit_2(argv, message, capsys):
+    import part2_structured
+    from tests.conftest import argparse_error
+    assert message in argparse_error(part2_structured.main, argv, capsys)
+
+
+def test_a_model_it_cannot_follow_exits_2(tiny_cifar, tmp_path, capsys):
+    import part2_structured
+    from common import cli
+    inputs = keras.Input((32, 32, 3))
+    a = layers.Conv2D(3, 3, padding="same", name="a")(inputs)
+    x = layers.Add(name="join")([a, inputs])
+    x = layers.Dense(10, activation="softmax")(layers.GlobalAveragePooling2D()(x))
+    path = str(tmp_path / "residual.keras")
+    keras.Model(inputs, x).save(path)
+    assert cli.run_main(part2_structured.main, ["--data-dir", tiny_cifar[0], "--output-dir",
+                                                str(tmp_path), "--model", path]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'join' (Add) joins several inputs" in err
