@@ -275,8 +275,9 @@ def run_settings(args, model_sha256, data_id):
             "fine_tune": fine_tune_settings(args) if args.fine_tune_epochs else None}
 
 
-def plot_figures(run, part3_path, figures_dir):
+def plot_figures(run, results_dir, figures_dir):
     from common import plots
+    part3_path = os.path.join(results_dir, "part3.json")
     if run.get("layer_sensitivity"):
         print("wrote", plots.plot_layer_sensitivity(
             run, os.path.join(figures_dir, "part2_layer_sensitivity.png")))
@@ -287,13 +288,19 @@ def plot_figures(run, part3_path, figures_dir):
         print("wrote", plots.plot_finetune(run, os.path.join(figures_dir, "part2_finetune.png")))
     else:
         print("part2_finetune.png not drawn: no fine-tuning in this run (--fine-tune-epochs 0)")
-    # Pruning and Tucker-2 are compared on one model and one data set only.
+    # Pruning, Tucker-2 and filter removal are compared on one model and one data set only.
+    def same_model_and_data(runs, section):
+        return [other for other in runs or [] if other.get(section) and all(
+            other["settings"][key] == run["settings"][key] for key in ("model_sha256",
+                                                                       "data_sha256"))]
     part3_runs = runs_of_other_part(part3_path)  # None (and a warning) if unreadable
-    same = [part3 for part3 in part3_runs or [] if part3.get("sweep") and all(
-        part3["settings"][key] == run["settings"][key] for key in ("model_sha256", "data_sha256"))]
+    same = same_model_and_data(part3_runs, "sweep")
+    structured = same_model_and_data(runs_of_other_part(
+        os.path.join(results_dir, "part2_structured.json")), "finetuned")
     if same and run.get("global"):
         print("wrote", plots.plot_compression_tradeoff(
-            run, same[0], os.path.join(figures_dir, "compression_tradeoff.png")))
+            run, same[0], os.path.join(figures_dir, "compression_tradeoff.png"),
+            structured[0] if structured else None))
     elif part3_runs is not None:
         print(f"compression_tradeoff.png not drawn: {part3_path} has no run on the same "
               "model and data (run part3_tucker.py with the same --model and --data-dir)")
@@ -307,10 +314,9 @@ def main(argv=None):
     args = parse_args(argv)
     paths = cli.output_paths(args.output_dir)
     store = ResultsStore(os.path.join(paths["results"], RESULTS_FILE))
-    part3_path = os.path.join(paths["results"], "part3.json")
     if args.plot_only:
         return cli.plot_every_run(store, paths["figures"],
-                                  lambda run, folder: plot_figures(run, part3_path, folder))
+                                  lambda run, folder: plot_figures(run, paths["results"], folder))
     model_path = cli.model_path(args.model, args.output_dir)
     train, test, source, data_id = load_for_run(args.data_dir, args.train_limit)
     cli.load_backend()
@@ -361,7 +367,8 @@ def main(argv=None):
             run["finetune"] = upsert(run.get("finetune", []), "sparsity", row)
             run["sizes"] = size_summary(run)
         store.update(settings, add_row)
-    plot_figures(store.find(settings), part3_path, store.figures_dir(paths["figures"], settings))
+    plot_figures(store.find(settings), paths["results"],
+                 store.figures_dir(paths["figures"], settings))
     return 0
 
 

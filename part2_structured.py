@@ -63,6 +63,9 @@ def parse_args(argv=None):
     parser.add_argument("--flops-reductions", type=cli.unit_fraction("FLOPs reduction"),
                         nargs="+", metavar="R", default=list(FLOPS_REDUCTIONS),
                         help="shares of the FLOPs to remove (default: 0.3 0.5 0.65 0.75)")
+    parser.add_argument("--layers", nargs="+", metavar="NAME",
+                        help="the convs whose filters may go (default: every trainable "
+                             "Conv2D; the reference's frozen whitening conv is never one)")
     parser.add_argument("--fine-tune-epochs", type=cli.non_negative_int,
                         default=part2_prune.FINE_TUNE_EPOCHS, metavar="N",
                         help="epochs of fine-tuning the best pruned model per reduction; "
@@ -81,6 +84,7 @@ def run_settings(args, model_sha256, data_id):
                  "distillation_weight": part2_prune.FINE_TUNE_DISTILLATION_WEIGHT}
     return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,
             "seed": args.seed, "flops_reductions": list(args.flops_reductions),
+            "layers": args.layers,
             "sensitivity_shares": list(SENSITIVITY_SHARES),
             "importance_images": IMPORTANCE_IMAGES, "selection_images": SELECTION_IMAGES,
             "fine_tune": fine_tune if args.fine_tune_epochs else None}
@@ -216,6 +220,11 @@ def main(argv=None):
     from common.training import test_accuracy
     model = models.load_classifier(model_path)
     names = structured.prunable_convs(model)
+    wrong = [name for name in args.layers or [] if name not in names]
+    if wrong:
+        raise ValueError(f"--layers: {', '.join(wrong)}: not a prunable conv of "
+                         f"{cli.shown_path(model_path)}; choose from {', '.join(names)}")
+    names = args.layers or names
     structured.channel_sources(model, names)  # a model it cannot follow fails here
     settings = run_settings(args, file_digest(model_path), data_id)
     cli.back_up_if_forced(store, settings, args.force)

@@ -259,8 +259,9 @@ def plot_finetune(results, path):
     return _save_below(fig, full, path, ncol=3, bottom=0.14)
 
 
-def plot_compression_tradeoff(part2, part3, path):
-    """Pruning vs Tucker-2 on the same model: test accuracy against non-zero weights."""
+def plot_compression_tradeoff(part2, part3, path, structured=None):
+    """Pruning vs Tucker-2 on the same model: test accuracy against non-zero
+    weights; with `structured` (a run of part2_structured.py), filters removed too."""
     curve = part2["global"]
     sweep = sorted(part3.get("sweep", []), key=lambda r: r["k"])
     tuned = [r for r in sweep if r.get("fine_tuned_test_accuracy") is not None]
@@ -284,6 +285,11 @@ def plot_compression_tradeoff(part2, part3, path):
             ax.plot([r["params"] for r in tuned], [r["fine_tuned_test_accuracy"] for r in tuned],
                     "s--", color="C1", mfc="white",
                     label=f"Tucker-2 + fine-tune ({tuned[0]['fine_tune_epochs']} ep)")
+        removed = sorted((structured or {}).get("finetuned", []), key=lambda r: r["params"])
+        if removed:
+            ax.plot([r["params"] for r in removed], [r["test_accuracy_after"] for r in removed],
+                    "^--", color="C2", mfc="white",
+                    label=f"filters removed + fine-tune ({structured['settings']['fine_tune']['epochs']} ep)")
         ax.axhline(part2["dense_test_accuracy"], color="k", ls="--", lw=0.8, label="original")
         ax.set_xscale("log")
         ax.set(xlabel="non-zero weights (log scale)", ylabel="test accuracy")

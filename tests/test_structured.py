@@ -238,6 +238,18 @@ def test_bad_options_exit_2(argv, message, capsys):
     assert message in argparse_error(part2_structured.main, argv, capsys)
 
 
+def test_an_unknown_or_unprunable_layer_exits_2(tiny_cifar, tiny_model_file, tmp_path, capsys):
+    import part2_structured
+    from common import cli
+    for name in ("conv9", "head", "bn2"):
+        assert cli.run_main(part2_structured.main, [
+            "--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--model",
+            tiny_model_file, "--layers", "conv2", name]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert f"--layers: {name}: not a prunable conv" in err and "conv1, conv2, conv3" in err
+
+
 def test_a_model_it_cannot_follow_exits_2(tiny_cifar, tmp_path, capsys):
     import part2_structured
     from common import cli
