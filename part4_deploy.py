@@ -34,6 +34,7 @@ PRECISIONS = ("float32", "dynamic_int8", "int8")
 SPARSE_PRECISIONS = ("float32", "int8")
 TUCKER_K = range(1, 9)
 PRUNED_SPARSITIES = (0.5, 0.8, 0.85, 0.9, 0.95)   # Part 2's fine-tuned models
+STRUCTURED_REDUCTIONS = (0.3, 0.5, 0.65, 0.75)    # part2_structured.py's, of the FLOPs
 # int8's activation ranges come from this many training images, drawn at
 # random with the seed (never test images: ranges fitted to them flatter).
 CALIBRATION_IMAGES = 300
@@ -48,7 +49,8 @@ RESULTS_FILE = "part4.json"
 
 # The commands that make the compressed models, and their time on 2 CPU cores.
 MAKE = {"tucker": "python part3_tucker.py --fine-tune 3 --k {}   (3-10 min per k)",
-        "pruned": "python part2_prune.py --fine-tune-sparsities {}   (7-15 min each)"}
+        "pruned": "python part2_prune.py --fine-tune-sparsities {}   (7-15 min each)",
+        "structured": "python part2_structured.py --flops-reductions {}   (~1 h for all four)"}
 
 
 def parse_args(argv=None):
@@ -64,16 +66,16 @@ def parse_args(argv=None):
 
 
 def compressed_models(original_sha256, results_dir, models_dir):
-    """The fine-tuned Tucker-2 and pruned models made from the original.
+    """The fine-tuned Tucker-2, pruned and filter-removed models made from the original.
 
-    A model file counts when a row of Part 3's (Tucker) or Part 2's (pruned)
-    results, in a fine-tuned run of the same original, names its digest: its
-    accuracy in Keras (and Part 3's forward-time ratio) then come with it.
+    A model file counts when a row of Part 3's (Tucker) or Part 2's (pruned,
+    structured) results, in a fine-tuned run of the same original, names its
+    digest: its accuracy and forward-time ratio in Keras then come with it.
 
     Returns
     -------
     found : dict name -> (path, info)
-    missing : dict "tucker" -> [k], "pruned" -> [sparsity], those not there
+    missing : dict family -> [k, sparsity or FLOPs reduction] of those not there
     """
     def rows(part, section):
         runs = runs_of_other_part(os.path.join(results_dir, part)) or []
@@ -88,20 +90,16 @@ def compressed_models(original_sha256, results_dir, models_dir):
 
     found, missing = {}, {}
     tucker, pruned = rows("part3.json", "sweep"), rows("part2.json", "finetune")
+    structured = rows("part2_structured.json", "finetuned")
     for k in TUCKER_K:
         name = f"tucker_k{k}"
         path, match = find(name, [(run, row) for run, row in tucker if row["k"] == k])
         if match is None:
             missing.setdefault("tucker", []).append(k)
             continue
-        run, row = match
-        original_seconds = run.get("original", {}).get("forward_seconds", {}).get("median")
         found[name] = (path, {"family": "tucker", "k": k,
-                              "keras_test_accuracy": row["fine_tuned_test_accuracy"],
-                              "keras_time_ratio": row.get("time_ratio"),
-                              "keras_ms_per_image": original_seconds and row.get("time_ratio")
-                              and 1e3 * original_seconds * row["time_ratio"]
-                              / run["timing"]["images"]})
+                              "keras_test_accuracy": match[1]["fine_tuned_test_accuracy"],
+                              "keras_time_ratio": match[1].get("time_ratio")})
     for sparsity in PRUNED_SPARSITIES:
         name = f"pruned_{round(sparsity * 100)}"
         path, match = find(name, [(run, row) for run, row in pruned
@@ -111,22 +109,24 @@ def compressed_models(original_sha256, results_dir, models_dir):
             continue
         found[name] = (path, {"family": "pruned", "sparsity": sparsity,
                               "keras_test_accuracy": match[1]["test_accuracy_after"]})
+    for reduction in STRUCTURED_REDUCTIONS:
+        name = f"structured_{round(reduction * 100)}"
+        path, match = find(name, [(run, row) for run, row in structured
+                                  if row["flops_reduction"] == reduction])
+        if match is None:
+            missing.setdefault("structured", []).append(reduction)
+            continue
+        found[name] = (path, {"family": "structured", "flops_reduction": reduction,
+                              "keras_test_accuracy": match[1]["test_accuracy_after"],
+                              "keras_time_ratio": match[1].get("keras_time_ratio")})
     return found, missing
 
 
-def original_info(model, test, model_path, results_dir):
-    """The original's accuracy in Keras, its .keras file's bytes, and its
-    Part 3 forward time if any."""
+def original_info(model, test, model_path):
+    """The original's accuracy in Keras and its .keras file's bytes."""
     from common.training import test_accuracy
-    info = {"family": "original", "keras_test_accuracy": test_accuracy(model, test),
+    return {"family": "original", "keras_test_accuracy": test_accuracy(model, test),
             "keras_time_ratio": 1.0, "keras_bytes": os.path.getsize(model_path)}
-    digest = file_digest(model_path)
-    for run in runs_of_other_part(os.path.join(results_dir, "part3.json")) or []:
-        if run["settings"]["model_sha256"] == digest and run.get("original"):
-            seconds = run["original"]["forward_seconds"]["median"]
-            info["keras_ms_per_image"] = 1e3 * seconds / run["timing"]["images"]
-            break
-    return info
 
 
 def variants(info):
@@ -228,8 +228,7 @@ def main(argv=None):
         print(f"not there, or not made from {cli.shown_path(model_path)}: {family} "
               f"{', '.join(f'{v:g}' for v in values)}; make them with:\n    "
               + MAKE[family].format(" ".join(f"{v:g}" for v in values)))
-    sources = {"original": (model_path, original_info(original, test, model_path,
-                                                      paths["results"])), **found}
+    sources = {"original": (model_path, original_info(original, test, model_path)), **found}
     cli.back_up_if_forced(store, settings, args.force)
     stored = {} if args.force else {row["name"]: row for row in
                                     (store.find(settings) or {}).get("models", [])}

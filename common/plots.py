@@ -307,9 +307,10 @@ def plot_deployment(results, path):
     """Part 4: test accuracy in LiteRT against latency (batch 1, 1 thread) and
     against gzipped bytes, every model and precision; the float32 original
     marked by a star and dotted lines. Colour: model family; marker: precision
-    (hollow: sparse-encoded); the label: k or the share of weights pruned."""
+    (hollow: sparse-encoded); the label: k, the share of weights pruned or of
+    FLOPs removed."""
     rows = results["models"]
-    colours = {"original": "k", "tucker": "C1", "pruned": "C0"}
+    colours = {"original": "k", "tucker": "C1", "pruned": "C0", "structured": "C2"}
     markers = {"float32": "o", "dynamic_int8": "s", "int8": "D"}
     fig, (time_ax, size_ax) = plt.subplots(1, 2, figsize=(13, 5.4), sharey=True)
     panels = ((time_ax, lambda r: 1e3 * r["latency"]["1"]["median"] if "latency" in r else None,
@@ -326,7 +327,9 @@ def plot_deployment(results, path):
                     ms=14 if original else 6, color=colour,
                     mfc="white" if row["sparse"] else colour)
             label = {"tucker": f"k{row.get('k')}",
-                     "pruned": f"{100 * row.get('sparsity', 0):g}%"}.get(row["family"], "")
+                     "pruned": f"{100 * row.get('sparsity', 0):g}%",
+                     "structured": f"-{100 * row.get('flops_reduction', 0):g}%"
+                     }.get(row["family"], "")
             if label:
                 ax.annotate(label, (x, row["test_accuracy"]), fontsize=6, color=colour,
                             xytext=(3, 3), textcoords="offset points")
@@ -343,6 +346,7 @@ def plot_deployment(results, path):
     handles += [plt.Line2D([], [], ls="", marker="o", color=c, label=name)
                 for name, c in (("Tucker-2 (k = 1..8), fine-tuned", "C1"),
                                 ("pruned (share of weights), fine-tuned", "C0"),
+                                ("filters removed (share of FLOPs), fine-tuned", "C2"),
                                 ("original", "k"))]
     handles += [plt.Line2D([], [], ls="", marker=m, color="grey", label=p)
                 for p, m in markers.items()]

@@ -137,20 +137,23 @@ def part2_tables(part2):
 
 
 def _part4_label(row):
-    """"Tucker k = 4", "pruned 90%" or "original", for tables and figures."""
+    """"Tucker k = 4", "pruned 90%", "filters removed, −50% FLOPs" or "original"."""
     if row["family"] == "tucker":
         return f"Tucker k = {row['k']}"
     if row["family"] == "pruned":
         return f"pruned {100 * row['sparsity']:g}%"
+    if row["family"] == "structured":
+        return f"filters removed, −{100 * row['flops_reduction']:g}% FLOPs"
     return "original"
 
 
 def _part4_rows(part4):
     """Rows in reading order: family, then k or sparsity, then precision."""
-    order = {"original": 0, "tucker": 1, "pruned": 2}
+    order = {"original": 0, "tucker": 1, "pruned": 2, "structured": 3}
     precisions = ("float32", "dynamic_int8", "int8")
     return sorted(part4.get("models", []), key=lambda r: (
-        order[r["family"]], r.get("k", 0), r.get("sparsity", 0), r["sparse"],
+        order[r["family"]], r.get("k", 0), r.get("sparsity", 0), r.get("flops_reduction", 0),
+        r["sparse"],
         precisions.index(r["precision"])))
 
 

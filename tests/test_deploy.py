@@ -10,7 +10,7 @@ import pytest
 from keras import layers
 
 import part4_deploy
-from common import cli, deploy, measure, pruning, tucker
+from common import cli, deploy, measure, pruning, structured, tucker
 from common.inference import fold_batchnorm
 from common.results import file_digest, write_json
 from tests.conftest import stored_run, tiny_classifier
@@ -132,8 +132,8 @@ def run(argv):
 
 
 def compressed_models_beside(out, tiny_model_file):
-    """A fine-tuned Tucker k = 4 and a 90%-pruned tiny model in out/models/, with
-    the Part 3 and Part 2 results rows that name them, as those parts write."""
+    """A Tucker k = 4, a filter-removed and a 90%-pruned tiny model in
+    out/models/, with the results rows of Parts 3 and 2 that name them."""
     original = keras.saving.load_model(tiny_model_file)
     os.makedirs(os.path.join(out, "models"), exist_ok=True)
     os.makedirs(os.path.join(out, "results"), exist_ok=True)
@@ -145,6 +145,12 @@ def compressed_models_beside(out, tiny_model_file):
         "timing": {"images": 1000},
         "sweep": [{"k": 4, "fine_tuned_test_accuracy": 0.25, "time_ratio": 0.5,
                    "model_sha256": file_digest(os.path.join(out, "models", "tucker_k4.keras"))}]}]})
+    smaller = structured.remove_filters(original, {"conv2": [0, 2, 4, 6, 8, 10, 12, 14]})
+    smaller.save(os.path.join(out, "models", "structured_50.keras"))
+    write_json(os.path.join(out, "results", "part2_structured.json"), {"runs": [{
+        "settings": settings, "finetuned": [{
+            "flops_reduction": 0.5, "test_accuracy_after": 0.2, "keras_time_ratio": 0.6,
+            "model_sha256": file_digest(os.path.join(out, "models", "structured_50.keras"))}]}]})
     pruning.apply_masks(original, pruning.global_masks(pruning.kernels_of(original), 0.9))
     original.save(os.path.join(out, "models", "pruned_90.keras"))
     write_json(os.path.join(out, "results", "part2.json"), {"runs": [{
@@ -169,10 +175,11 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch,
     printed = capsys.readouterr().out
     assert "tucker 1, 2, 3, 5, 6, 7, 8" in printed and "--fine-tune 3 --k 1 2 3 5 6 7 8" in printed
     assert "--fine-tune-sparsities 0.5 0.8 0.85 0.95" in printed
+    assert "--flops-reductions 0.3 0.65 0.75" in printed
 
     results = stored_run(out, "part4")
     names = {row["name"] for row in results["models"]}
-    assert names == {f"{m} {p}" for m in ("original", "tucker_k4", "pruned_90")
+    assert names == {f"{m} {p}" for m in ("original", "tucker_k4", "structured_50", "pruned_90")
                      for p in deploy.PRECISIONS} | {"pruned_90 float32 sparse",
                                                     "pruned_90 int8 sparse"}
     train, test = tiny_cifar[1]["train"][0], tiny_cifar[1]["test"][0]
@@ -190,6 +197,7 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch,
     by_name = {row["name"]: row for row in results["models"]}
     assert by_name["original float32"]["time_ratio"] == {"1": 1.0, "2": 1.0}
     assert by_name["tucker_k4 float32"]["keras_time_ratio"] == 0.5
+    assert by_name["structured_50 int8"]["keras_test_accuracy"] == 0.2
     assert by_name["pruned_90 float32 sparse"]["bytes"] < by_name["pruned_90 float32"]["bytes"]
     assert results["meta"]["ai_edge_litert"] and results["timing"]["repeats"] == 2
     figure = tmp_path / "figures" / "part4_deploy.png"
@@ -198,7 +206,7 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch,
     # Rerun: everything measured is skipped; --plot-only redraws.
     converted.clear()
     assert run(argv) == 0 and converted == []
-    assert "11 of 11 done already, skipped" in capsys.readouterr().out
+    assert "14 of 14 done already, skipped" in capsys.readouterr().out
     figure.unlink()
     assert run(["--plot-only", "--output-dir", out]) == 0 and figure.exists()
 
