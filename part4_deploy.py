@@ -34,7 +34,7 @@ PRECISIONS = ("float32", "dynamic_int8", "int8")
 SPARSE_PRECISIONS = ("float32", "int8")
 TUCKER_K = range(1, 9)
 PRUNED_SPARSITIES = (0.5, 0.8, 0.85, 0.9, 0.95)   # Part 2's fine-tuned models
-STRUCTURED_REDUCTIONS = (0.3, 0.5, 0.65, 0.75)    # part2_structured.py's, of the FLOPs
+STRUCTURED_REDUCTIONS = (0.5, 0.65, 0.75)    # part2_structured.py's, of the FLOPs
 # int8's activation ranges come from this many training images, drawn at
 # random with the seed (never test images: ranges fitted to them flatter).
 CALIBRATION_IMAGES = 300
@@ -50,7 +50,7 @@ RESULTS_FILE = "part4.json"
 # The commands that make the compressed models, and their time on 2 CPU cores.
 MAKE = {"tucker": "python part3_tucker.py --fine-tune 3 --k {}   (3-10 min per k)",
         "pruned": "python part2_prune.py --fine-tune-sparsities {}   (7-15 min each)",
-        "structured": "python part2_structured.py --flops-reductions {}   (~1 h for all four)"}
+        "structured": "python part2_structured.py --flops-reductions {}   (~1 h for all three)"}
 
 
 def parse_args(argv=None):

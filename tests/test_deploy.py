@@ -175,7 +175,7 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch,
     printed = capsys.readouterr().out
     assert "tucker 1, 2, 3, 5, 6, 7, 8" in printed and "--fine-tune 3 --k 1 2 3 5 6 7 8" in printed
     assert "--fine-tune-sparsities 0.5 0.8 0.85 0.95" in printed
-    assert "--flops-reductions 0.3 0.65 0.75" in printed
+    assert "--flops-reductions 0.65 0.75" in printed
 
     results = stored_run(out, "part4")
     names = {row["name"] for row in results["models"]}
