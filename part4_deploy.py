@@ -79,46 +79,36 @@ def compressed_models(original_sha256, results_dir, models_dir):
     """
     def rows(part, section):
         runs = runs_of_other_part(os.path.join(results_dir, part)) or []
-        return [(run, row) for run in runs if run["settings"]["model_sha256"] == original_sha256
+        return [row for run in runs if run["settings"]["model_sha256"] == original_sha256
                 and run["settings"].get("fine_tune") for row in run.get(section, [])]
 
     def find(name, candidates):
         path = os.path.join(models_dir, f"{name}.keras")
         digest = file_digest(path) if os.path.isfile(path) else None
-        return path, next(((run, row) for run, row in candidates
+        return path, next((row for row in candidates
                            if digest and row.get("model_sha256") == digest), None)
 
+    # family, results file and section, the row's key, its values, the
+    # row's fields for accuracy and Keras time ratio (a weight-pruned model
+    # runs at dense speed in Keras: not timed there)
+    families = (("tucker", "part3.json", "sweep", "k", TUCKER_K,
+                 "fine_tuned_test_accuracy", "time_ratio"),
+                ("pruned", "part2.json", "finetune", "sparsity", PRUNED_SPARSITIES,
+                 "test_accuracy_after", None),
+                ("structured", "part2_structured.json", "finetuned", "flops_reduction",
+                 STRUCTURED_REDUCTIONS, "test_accuracy_after", "keras_time_ratio"))
     found, missing = {}, {}
-    tucker, pruned = rows("part3.json", "sweep"), rows("part2.json", "finetune")
-    structured = rows("part2_structured.json", "finetuned")
-    for k in TUCKER_K:
-        name = f"tucker_k{k}"
-        path, match = find(name, [(run, row) for run, row in tucker if row["k"] == k])
-        if match is None:
-            missing.setdefault("tucker", []).append(k)
-            continue
-        found[name] = (path, {"family": "tucker", "k": k,
-                              "keras_test_accuracy": match[1]["fine_tuned_test_accuracy"],
-                              "keras_time_ratio": match[1].get("time_ratio")})
-    for sparsity in PRUNED_SPARSITIES:
-        name = f"pruned_{round(sparsity * 100)}"
-        path, match = find(name, [(run, row) for run, row in pruned
-                                  if row["sparsity"] == sparsity])
-        if match is None:
-            missing.setdefault("pruned", []).append(sparsity)
-            continue
-        found[name] = (path, {"family": "pruned", "sparsity": sparsity,
-                              "keras_test_accuracy": match[1]["test_accuracy_after"]})
-    for reduction in STRUCTURED_REDUCTIONS:
-        name = f"structured_{round(reduction * 100)}"
-        path, match = find(name, [(run, row) for run, row in structured
-                                  if row["flops_reduction"] == reduction])
-        if match is None:
-            missing.setdefault("structured", []).append(reduction)
-            continue
-        found[name] = (path, {"family": "structured", "flops_reduction": reduction,
-                              "keras_test_accuracy": match[1]["test_accuracy_after"],
-                              "keras_time_ratio": match[1].get("keras_time_ratio")})
+    for family, part, section, key, values, accuracy, time_ratio in families:
+        candidates = rows(part, section)
+        for value in values:
+            name = f"tucker_k{value}" if family == "tucker" else f"{family}_{round(100 * value)}"
+            path, row = find(name, [row for row in candidates if row[key] == value])
+            if row is None:
+                missing.setdefault(family, []).append(value)
+                continue
+            found[name] = (path, {"family": family, key: value,
+                                  "keras_test_accuracy": row[accuracy],
+                                  "keras_time_ratio": row.get(time_ratio)})
     return found, missing
 
 
