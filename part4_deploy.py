@@ -1,8 +1,8 @@
 """Part 4: what do the compressed models gain in the runtime a device runs them in?
 
 The study compresses "to deploy on mobile devices". This converts the ~90%
-reference model and the fine-tuned compressed models of Parts 2 and 3 to LiteRT
-flatbuffers with builtin ops only, in float32, dynamic-range int8 and full int8
+reference model and the fine-tuned compressed models of Parts 2 and 3 (weights
+pruned, filters removed, Tucker-2) to LiteRT flatbuffers with builtin ops only, in float32, dynamic-range int8 and full int8
 (calibrated on training images), the pruned ones also with their sparse
 weights encoded, and measures them in the LiteRT interpreter (XNNPACK): test
 accuracy on every test image, latency per image at batch 1 with 1 and 2
@@ -12,10 +12,11 @@ threads (every model in every round, interleaved), bytes on disk and gzipped.
     python part4_deploy.py --plot-only     # redraw the figure from the JSON
 
 Models: models/reference.keras of --output-dir, else the repository's (or
---model); models/tucker_k<k>.keras (`part3_tucker.py --fine-tune 3`) and
-models/pruned_<percent>.keras (`part2_prune.py`), each used when a results row
-of Part 3 or 2 made from the same original names its exact file. For a model
-that is missing it prints the command that makes it. Flatbuffers are written
+--model); models/tucker_k<k>.keras (`part3_tucker.py --fine-tune 3`),
+models/pruned_<percent>.keras (`part2_prune.py`) and
+models/structured_<percent>.keras (`part2_structured.py`), each used when a
+results row of Part 3 or 2 made from the same original names its exact file.
+For a model that is missing it prints the command that makes it. Flatbuffers are written
 to models/litert/ (made again in seconds from the Keras models; not
 committed); results go to results/part4.json, keyed by the settings, a row at
 a time; a model measured with the same settings is skipped unless --force.

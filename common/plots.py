@@ -4,7 +4,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; works without a display
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator, PercentFormatter  # noqa: E402
 
 CHANCE = 0.1  # ten balanced classes
 
@@ -337,21 +337,27 @@ def plot_deployment(results, path):
                 ax.axvline(x, color="k", ls=":", lw=0.8)
                 ax.axhline(row["test_accuracy"], color="k", ls=":", lw=0.8)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set(xlabel=xlabel)
         ax.grid(alpha=0.3, which="both")
     time_ax.set(ylabel="test accuracy (LiteRT)")
-    _percent(time_ax)
+    time_ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=1))
+    families = {row["family"] for row in rows}
     handles = [plt.Line2D([], [], ls="", marker="*", ms=12, color="k",
                           label="original, float32 (dotted lines)")]
-    handles += [plt.Line2D([], [], ls="", marker="o", color=c, label=name)
-                for name, c in (("Tucker-2 (k = 1..8), fine-tuned", "C1"),
-                                ("pruned (share of weights), fine-tuned", "C0"),
-                                ("filters removed (share of FLOPs), fine-tuned", "C2"),
-                                ("original", "k"))]
+    handles += [plt.Line2D([], [], ls="", marker="o", color=colours[family], label=name)
+                for family, name in (("original", "original"),
+                                     ("tucker", "Tucker-2 (k), fine-tuned"),
+                                     ("pruned", "weights pruned (share), fine-tuned"),
+                                     ("structured", "filters removed (share of FLOPs), "
+                                                    "fine-tuned")) if family in families]
     handles += [plt.Line2D([], [], ls="", marker=m, color="grey", label=p)
                 for p, m in markers.items()]
-    handles.append(plt.Line2D([], [], ls="", marker="o", color="grey", mfc="white",
-                              label="sparse-encoded (hollow)"))
+    if any(row["sparse"] for row in rows):
+        handles.append(plt.Line2D([], [], ls="", marker="o", color="grey", mfc="white",
+                                  label="sparse-encoded (hollow)"))
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
     timing = results.get("timing", {})
     fig.suptitle(f"Deployed in LiteRT (XNNPACK, {timing.get('images', '?')} images x "
