@@ -399,15 +399,16 @@ def plot_structured(run, part3_runs, part4_runs, path):
     if tucker:
         keras_ax.plot([r["time_ratio"] for r in tucker],
                       [r["fine_tuned_test_accuracy"] for r in tucker], "s--", color="C1",
-                      label="Tucker-2 k = 1..8 + fine-tuned")
+                      label="Tucker-2 k = 1..8 + fine-tuned (Part 3's timing)")
     tucker_lite = sorted((r for r in litert if r["family"] == "tucker"), key=lambda r: r["k"])
     if tucker_lite:
         litert_ax.plot([r["time_ratio"]["1"] for r in tucker_lite],
-                       [r["test_accuracy"] for r in tucker_lite], "s--", color="C1")
+                       [r["test_accuracy"] for r in tucker_lite], "s--", color="C1",
+                       label="Tucker-2 + fine-tuned (Part 4's timing)")
     pruned = sorted((r for r in litert if r["family"] == "pruned"), key=lambda r: r["sparsity"])
     if pruned:
         litert_ax.plot([r["time_ratio"]["1"] for r in pruned], [r["test_accuracy"] for r in pruned],
-                       "D:", color="C0", label="weights pruned (unstructured) + fine-tuned")
+                       "D:", color="C0", label="weights pruned + fine-tuned (Part 4's timing)")
     for ax, rows_k in ((keras_ax, tucker), (litert_ax, tucker_lite)):
         for r in rows_k:
             y = r.get("fine_tuned_test_accuracy") or r["test_accuracy"]
