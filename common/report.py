@@ -136,6 +136,34 @@ def part2_tables(part2):
     return "\n".join(out)
 
 
+def part2_structured_tables(run):
+    """Every criterion x allocation per FLOPs reduction (no training), then the
+    fine-tuned best of each with its measured time."""
+    out = ["| FLOPs removed | criterion | allocation | pruned | batch norm re-estimated "
+           "| held-out training images |", "|---|---|---|---|---|---|"]
+    for row in sorted(run.get("candidates", []), key=lambda r: (
+            r["flops_reduction"], r["criterion"], r["allocation"])):
+        out.append(f"| {100 * row['flops_reduction']:g}% | {row['criterion']} | "
+                   f"{row['allocation']} | {_pct(row['test_accuracy'])} "
+                   f"| {_pct(row['test_accuracy_recalibrated'])} "
+                   f"| {_pct(row['selection_accuracy'])} |")
+    tuned = sorted(run.get("finetuned", []), key=lambda r: r["flops_reduction"])
+    if tuned:
+        out += ["", "| FLOPs removed | chosen | params | FLOPs ratio | fine-tuned "
+                "| vs dense | Keras time ratio (batch 256) | LiteRT, 1 thread | 2 threads |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for row in tuned:
+            timed = "keras_time_ratio" in row
+            out.append(
+                f"| {100 * row['flops_reduction']:g}% | {row['criterion']}, {row['allocation']} "
+                f"| {row['params']:,} | {row['flops_ratio']:.3f} "
+                f"| {_pct(row['test_accuracy_after'])} "
+                f"| {100 * (row['test_accuracy_after'] - run['dense_test_accuracy']):+.2f} "
+                + (f"| {row['keras_time_ratio']:.3f} | {row['litert_time_ratio']['1']:.3f} "
+                   f"| {row['litert_time_ratio']['2']:.3f} |" if timed else "| — | — | — |"))
+    return "\n".join(out)
+
+
 def _part4_label(row):
     """"Tucker k = 4", "pruned 90%", "filters removed, −50% FLOPs" or "original"."""
     if row["family"] == "tucker":
@@ -236,6 +264,7 @@ def main(argv=None):
                   else []),
               "part3": lambda run: [part3_table(run)] if run.get("sweep") else [],
               "part2": lambda run: [part2_tables(run)],
+              "part2_structured": lambda run: [part2_structured_tables(run)],
               "part4": lambda run: [part4_table(run), "", part4_targets(run)]
               if run.get("models") else []}
     printed = 0
