@@ -152,10 +152,39 @@ def allocate(model, allocation, scores, curves, flops_fraction):
     return structured.sensitivity_counts(model, curves, flops_fraction)
 
 
-def fine_tune_best(model_path, model, keep, train, test, settings, seed, path):
-    """Remove `keep`'s filters, re-estimate batch norm, fine-tune with the dense
-    model as teacher (Part 2's recipe); save the model. Returns model, row."""
+def screen(model, names, scores, curves, reductions, train, test, done, save):
+    """Every criterion x allocation at each FLOPs reduction, measured without
+    training (see `measure_pruned`); `save(row)` after each, rows in `done`
+    skipped."""
+    from common import structured
+    done = {(r["flops_reduction"], r["criterion"], r["allocation"]) for r in done}
+    todo = [(r, c, a) for r in reductions for c in CRITERIA for a in ALLOCATIONS
+            if (r, c, a) not in done]
+    full_flops = structured.flops_after(model, {n: model.get_layer(n).filters for n in names})
+    sweep = cli.Sweep(len(todo), "pruned candidate", skipped=len(done))
+    for reduction, criterion, allocation in todo:
+        counts = allocate(model, allocation, scores[criterion], curves[criterion],
+                          1 - reduction)
+        _, row = measure_pruned(model, structured.keep_indices(scores[criterion], counts),
+                                train, test)
+        row.update(key=f"{reduction} {criterion} {allocation}", flops_reduction=reduction,
+                   criterion=criterion, allocation=allocation,
+                   flops_ratio=row["flops"] / full_flops)
+        save(row)
+        sweep.done(f"-{reduction:.0%} FLOPs, {criterion}, {allocation}: "
+                   f"{row['test_accuracy']:.4f}, {row['test_accuracy_recalibrated']:.4f} "
+                   "batch norm re-estimated")
+
+
+def fine_tune_best(model_path, model, scores, candidates, train, test, settings, seed, path):
+    """The candidate that does best on the held-out training images, its
+    filters removed, batch norm re-estimated, fine-tuned with the dense model
+    as teacher (Part 2's recipe) and saved to `path`. Returns model, row."""
     from common import models, structured, training
+    best = max(candidates, key=lambda r: r["selection_accuracy"])
+    print(f"-{best['flops_reduction']:.0%} FLOPs: fine-tuning {best['criterion']}, "
+          f"{best['allocation']} ({best['selection_accuracy']:.4f} on held-out training images)")
+    keep = structured.keep_indices(scores[best["criterion"]], best["filters"])
     smaller = structured.remove_filters(model, keep)
     training.recalibrate_batchnorm(smaller, train[0][:IMPORTANCE_IMAGES])
     recipe = {k: v for k, v in settings.items() if k != "distillation_weight"}
@@ -163,8 +192,10 @@ def fine_tune_best(model_path, model, keep, train, test, settings, seed, path):
                                  teacher=models.load_classifier(model_path),
                                  distillation_weight=settings["distillation_weight"], **recipe)
     smaller.save(path)
-    return smaller, {"records": records, "test_accuracy_after": training.test_accuracy(smaller, test),
-                     "model_sha256": file_digest(path)}
+    row = {k: v for k, v in best.items() if k != "key"}
+    row.update(records=records, test_accuracy_after=training.test_accuracy(smaller, test),
+               model_sha256=file_digest(path))
+    return smaller, row
 
 
 def time_side_by_side(models_by_name, images, repeats, seed):
@@ -243,52 +274,25 @@ def main(argv=None):
     sensitivity_sweep(model, scores, train, run.get("sensitivity", {}), save_curve)
     curves = store.find(settings)["sensitivity"]
 
-    done = {(r["flops_reduction"], r["criterion"], r["allocation"])
-            for r in run.get("candidates", [])}
-    todo = [(r, c, a) for r in args.flops_reductions for c in CRITERIA for a in ALLOCATIONS
-            if (r, c, a) not in done]
-    sweep = cli.Sweep(len(todo), "pruned candidate", skipped=len(done))
-    for reduction, criterion, allocation in todo:
-        counts = allocate(model, allocation, scores[criterion], curves[criterion],
-                          1 - reduction)
-        _, row = measure_pruned(model, structured.keep_indices(scores[criterion], counts),
-                                train, test)
-        row.update(flops_reduction=reduction, criterion=criterion, allocation=allocation,
-                   flops_ratio=row["flops"] / structured.flops_after(
-                       model, {n: model.get_layer(n).filters for n in names}))
-        store.update(settings, lambda run, row=row: run.update(candidates=upsert(
-            run.get("candidates", []), "key", {"key": f"{reduction} {criterion} {allocation}",
-                                                **row})))
-        sweep.done(f"-{reduction:.0%} FLOPs, {criterion}, {allocation}: "
-                   f"{row['test_accuracy']:.4f}, {row['test_accuracy_recalibrated']:.4f} "
-                   "batch norm re-estimated")
+    screen(model, names, scores, curves, args.flops_reductions, train, test,
+           run.get("candidates", []), lambda row: store.update(settings, lambda run: run.update(
+               candidates=upsert(run.get("candidates", []), "key", row))))
     if not settings["fine_tune"]:
         plot_figures(store.find(settings), paths["results"],
                      store.figures_dir(paths["figures"], settings))
         return 0
-
-    candidates = store.find(settings)["candidates"]
-    fine_tuned = {row["flops_reduction"]: row for row in run.get("finetuned", [])}
-    chosen = {}
-    for reduction in sorted(args.flops_reductions, reverse=True):  # the fastest to train first
-        best = max((r for r in candidates if r["flops_reduction"] == reduction),
-                   key=lambda r: r["selection_accuracy"])
+    chosen = {}  # FLOPs reduction -> the fine-tuned model
+    for reduction in sorted(args.flops_reductions, reverse=True):  # the smallest model first
+        candidates = [r for r in store.find(settings)["candidates"]
+                      if r["flops_reduction"] == reduction]
         path = os.path.join(paths["models"], f"structured_{round(reduction * 100)}.keras")
-        row = fine_tuned.get(reduction)
-        if row and os.path.exists(path) and file_digest(path) == row["model_sha256"]:
+        row = next((r for r in run.get("finetuned", []) if r["flops_reduction"] == reduction), {})
+        if os.path.exists(path) and file_digest(path) == row.get("model_sha256"):
             chosen[reduction] = models.load_classifier(path)
             print(f"-{reduction:.0%} FLOPs: fine-tuned already, reusing {path}")
             continue
-        print(f"-{reduction:.0%} FLOPs: fine-tuning {best['criterion']}, {best['allocation']} "
-              f"({best['selection_accuracy']:.4f} on the selection images)")
-        counts = {n: best["filters"][n] for n in names}
-        chosen[reduction], tuned = fine_tune_best(
-            model_path, model, structured.keep_indices(scores[best["criterion"]], counts),
-            train, test, settings["fine_tune"], args.seed, path)
-        row = {k: best[k] for k in ("flops_reduction", "criterion", "allocation", "filters",
-                                    "params", "flops", "flops_ratio", "test_accuracy",
-                                    "test_accuracy_recalibrated", "selection_accuracy")}
-        row.update(tuned)
+        chosen[reduction], row = fine_tune_best(model_path, model, scores, candidates, train,
+                                                test, settings["fine_tune"], args.seed, path)
         store.update(settings, lambda run, row=row: run.update(finetuned=upsert(
             run.get("finetuned", []), "flops_reduction", row)))
         print(f"-{reduction:.0%} FLOPs: {row['test_accuracy_after']:.4f} after "
