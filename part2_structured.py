@@ -15,7 +15,7 @@ Part 2's recipe (the dense model as teacher) and
 timed side by side with the original in Keras (batch 256) and in LiteRT
 (batch 1, 1 and 2 threads).
 
-    python part2_structured.py                     # everything (~1 h on 2 CPU cores)
+    python part2_structured.py                     # everything (~50 min on 2 CPU cores)
     python part2_prune.py --structured             # the same
     python part2_structured.py --flops-reductions 0.5 --fine-tune-epochs 0   # quick (~5 min)
     python part2_structured.py --plot-only         # redraw the figure from the JSON

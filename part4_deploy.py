@@ -8,7 +8,7 @@ weights encoded, and measures them in the LiteRT interpreter (XNNPACK): test
 accuracy on every test image, latency per image at batch 1 with 1 and 2
 threads (every model in every round, interleaved), bytes on disk and gzipped.
 
-    python part4_deploy.py                 # every model present (~1 min per model)
+    python part4_deploy.py                 # every model present (~4 min for 7 models)
     python part4_deploy.py --plot-only     # redraw the figure from the JSON
 
 Models: models/reference.keras of --output-dir, else the repository's (or
@@ -51,7 +51,7 @@ RESULTS_FILE = "part4.json"
 # The commands that make the compressed models, and their time on 2 CPU cores.
 MAKE = {"tucker": "python part3_tucker.py --fine-tune 3 --k {}   (3-10 min per k)",
         "pruned": "python part2_prune.py --fine-tune-sparsities {}   (7-15 min each)",
-        "structured": "python part2_structured.py --flops-reductions {}   (~1 h for all three)"}
+        "structured": "python part2_structured.py --flops-reductions {}   (~50 min for all three)"}
 
 
 def parse_args(argv=None):
