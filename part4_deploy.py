@@ -108,6 +108,7 @@ def compressed_models(original_sha256, results_dir, models_dir):
                 missing.setdefault(family, []).append(value)
                 continue
             found[name] = (path, {"family": family, key: value,
+                                  "source_sha256": row["model_sha256"],
                                   "keras_test_accuracy": row[accuracy],
                                   "keras_time_ratio": row.get(time_ratio)})
     return found, missing
@@ -219,7 +220,8 @@ def main(argv=None):
         print(f"not there, or not made from {cli.shown_path(model_path)}: {family} "
               f"{', '.join(f'{v:g}' for v in values)}; make them with:\n    "
               + MAKE[family].format(" ".join(f"{v:g}" for v in values)))
-    sources = {"original": (model_path, original_info(original, test, model_path)), **found}
+    sources = {"original": (model_path, {**original_info(original, test, model_path),
+                                         "source_sha256": settings["model_sha256"]}), **found}
     cli.back_up_if_forced(store, settings, args.force)
     stored = {} if args.force else {row["name"]: row for row in
                                     (store.find(settings) or {}).get("models", [])}
@@ -231,11 +233,12 @@ def main(argv=None):
     calibration = calibration_sample(train[0], args.seed)
 
     # Every (model, precision) not measured yet from the same model file.
-    todo, digests = [], {name: file_digest(path) for name, (path, _) in sources.items()}
+    todo = []
     for model_name, (path, info) in sources.items():
         for precision, sparse in variants(info):
             row = stored.get(variant_name(model_name, precision, sparse))
-            if row is None or "latency" not in row or row["source_sha256"] != digests[model_name]:
+            if (row is None or "latency" not in row
+                    or row["source_sha256"] != info["source_sha256"]):
                 todo.append((model_name, precision, sparse))
     progress = cli.Sweep(len(todo), "flatbuffer", skipped=sum(
         len(variants(info)) for _, info in sources.values()) - len(todo))
@@ -251,7 +254,6 @@ def main(argv=None):
                 ready[model_name], name, info, precision, sparse, calibration, test, litert_dir)
         except ValueError as err:
             raise ValueError(f"{cli.shown_path(path)}: {err}") from None
-        row["source_sha256"] = digests[model_name]
         store.update(settings, lambda run, row=row: run.update(
             models=upsert(run.get("models", []), "name", row)))
         progress.done(f"{name}: test accuracy {row['test_accuracy']:.4f}, "
