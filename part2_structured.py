@@ -100,18 +100,23 @@ def importance(model, names, images):
             "activation": structured.activation_importance(model, names, images)}
 
 
+def selection_accuracy(model, train):
+    """Accuracy on the last SELECTION_IMAGES training images (the held-out choice)."""
+    from common.training import accuracy
+    images, labels = train[0][-SELECTION_IMAGES:], train[1][-SELECTION_IMAGES:]
+    return accuracy(model.predict(images, batch_size=1000, verbose=0), labels)
+
+
 def measure_pruned(model, keep, train, test=None):
     """The model without the filters `keep` leaves out, batch norm re-estimated:
     its accuracy on the selection images, and with `test` its test accuracy
     as pruned and re-estimated, parameters and FLOPs. Returns model, row."""
     from common import measure, structured
-    from common.training import accuracy, recalibrate_batchnorm, test_accuracy
+    from common.training import recalibrate_batchnorm, test_accuracy
     smaller = structured.remove_filters(model, keep)
     row = {} if test is None else {"test_accuracy": test_accuracy(smaller, test)}
     recalibrate_batchnorm(smaller, train[0][:IMPORTANCE_IMAGES])
-    selection = (train[0][-SELECTION_IMAGES:], train[1][-SELECTION_IMAGES:])
-    row["selection_accuracy"] = accuracy(smaller.predict(selection[0], batch_size=1000,
-                                                         verbose=0), selection[1])
+    row["selection_accuracy"] = selection_accuracy(smaller, train)
     if test is not None:
         row.update(test_accuracy_recalibrated=test_accuracy(smaller, test),
                    params=measure.count_params(smaller), flops=measure.count_flops(smaller),
@@ -124,9 +129,7 @@ def sensitivity_sweep(model, scores, train, done, save):
     re-estimated) with only that layer keeping each of SENSITIVITY_SHARES of
     its filters (its best ones), and all of them (share 1)."""
     from common import structured
-    from common.training import accuracy
-    selection = (train[0][-SELECTION_IMAGES:], train[1][-SELECTION_IMAGES:])
-    dense = accuracy(model.predict(selection[0], batch_size=1000, verbose=0), selection[1])
+    dense = selection_accuracy(model, train)
     todo = [(c, n) for c in scores for n in scores[c] if n not in done.get(c, {})]
     sweep = cli.Sweep(len(todo), "sensitivity", skipped=sum(map(len, scores.values())) - len(todo))
     for criterion, name in todo:
