@@ -3,46 +3,52 @@ layers trade on a ~90% CIFAR-10 model?
 
 Each eligible Conv2D (kernel kh x kw x c x f, all but the first) becomes a 1x1
 conv c -> R1, a kh x kw core conv R1 -> R2 and a 1x1 conv R2 -> f, with
-R1 = ceil(c*k/8) and R2 = ceil(f*k/8). For each k this measures test accuracy,
-parameters, FLOPs and forward-pass time against the original (study at k = 4:
-88.02% vs ~90%, 77% of the time), plus the reconstruction error of one layer
-against rank, and optionally accuracy after a short fine-tuning.
+R1 = ceil(c*k/8) and R2 = ceil(f*k/8). For each k this measures accuracy on
+the validation split as decomposed, with batch norm re-estimated and after a
+short fine-tune (the shared recipe, the original as teacher), then the fine-
+tuned model's test accuracy (the report), its parameters, FLOPs and forward
+time beside the original's on this machine (study at k = 4: 88.02% vs ~90%,
+77% of the time), and the reconstruction error of one layer against rank.
 
-    python part3_tucker.py --k 4                 # one k
-    python part3_tucker.py                       # the sweep k = 1..8
-    python part3_tucker.py --k 4 --fine-tune 3   # and retrain 3 epochs
+    python part3_tucker.py --k 4                 # the study's point (~6 min on 2 cores)
+    python part3_tucker.py                       # the sweep k = 1..8 (~45 min)
+    python part3_tucker.py --k 4 --fine-tune 0   # decomposed, no retraining (~1 min)
     python part3_tucker.py --plot-only           # redraw figures from the JSON
 
 The model is models/reference.keras (of --output-dir, else the committed one);
 --model takes any .keras CIFAR-10 classifier. Each k's row goes to
-results/part3.json, keyed by the settings, and its model to
-models/tucker_k<k>.keras; a k done with the same settings is reused unless
---force. Rows whose model file is absent (a fresh clone) are kept, not timed.
+results/part3.json and its model to models/tucker_k<k>.keras of the run's
+folder (see common/runs.py); a k done with the same settings is reused, its
+model file checked against the row's digest, unless --force.
 """
 
-import os
-
-from common import cli
-from common.data import load_for_run
-from common.results import ResultsStore, file_digest, run_metadata, upsert
+from common import cli, machine, runs
+from common.results import NUMBER, Map, Nullable
 
 # ---- configuration ---------------------------------------------------------
 K_VALUES = range(1, 9)           # k = 8 is full rank: exact up to float error
-TIMING_BATCH_SIZE = 256          # large enough to keep both cores busy
-TIMING_REPEATS = 5               # median of 5 interleaved passes; min-max as spread
-# Every model is timed as it would be deployed: batch norms folded into the
-# conv before them (same outputs; see common.inference), ~3% off each here.
-FOLD_BATCHNORM_FOR_TIMING = True
 # Batch-norm re-estimation after decomposing (the new convs shift every batch
 # norm's input), on 10,000 training images: one pass, ~10 s.
 RECALIBRATION_IMAGES = 10_000
 # Ranks for the reconstruction curves: the study fixes one rank at 64.
 FIXED_RANK = 64
 RANK_GRID = (4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
-# One-cycle peak, 1/15 of the reference's 0.75: the weights start near a good solution.
-FINE_TUNE_LEARNING_RATE = 0.05
-FINE_TUNE_BATCH_SIZE = 512
+# Forward time in Keras over the validation images: batch 256 keeps both cores
+# busy; batch norms folded into the convs (same outputs; common.inference), as
+# deployed; the median of 7 interleaved rounds, min-max as spread.
+TIMING = {"runtime": "keras", "batch_size": 256, "repeats": 7, "batch_norm_folded": True}
 RESULTS_FILE = "part3.json"
+SUMMARY = {"median": NUMBER, "min": NUMBER, "max": NUMBER, "ratio": NUMBER}
+SCHEMA = {
+    "original": {"validation_accuracy": NUMBER, "params": int, "flops": int,
+                 "test_accuracy?": NUMBER},
+    "sweep": [{"k": int, "ranks": Map([int]), "params": int, "flops": int,
+               "validation_accuracy": NUMBER, "validation_accuracy_recalibrated": NUMBER,
+               "validation_accuracy_fine_tuned": Nullable(NUMBER), "model": str,
+               "model_sha256": str, "test_accuracy?": NUMBER}],
+    "timings": [{"machine": dict, "label": str, "params": dict, "digests": Map(str),
+                 "models": Map(SUMMARY)}],
+}
 # -----------------------------------------------------------------------------
 
 
@@ -55,11 +61,20 @@ def parse_args(argv=None):
     parser.add_argument("--layer", metavar="NAME",
                         help="conv layer for the reconstruction-error figure "
                              "(default: the first with c, f >= 128)")
-    parser.add_argument("--fine-tune", type=cli.non_negative_int, default=0, metavar="EPOCHS",
-                        help="retrain each decomposed model this many epochs (default: 0)")
-    parser.add_argument("--timing-repeats", type=cli.positive_int, default=TIMING_REPEATS,
-                        metavar="N", help="timed passes per model (default: %(default)s)")
+    parser.add_argument("--fine-tune", type=cli.non_negative_int, default=3, metavar="EPOCHS",
+                        help="epochs of fine-tuning each decomposed model; 0: none "
+                             "(default: %(default)s)")
     return parser.parse_args(argv)
+
+
+def run_settings(args, model_sha256, data_id):
+    """Everything that changes this part's numbers: results are keyed by it."""
+    from common.training import fine_tune_recipe
+    recipe = fine_tune_recipe(args.fine_tune, args.batch_size, args.precision) \
+        if args.fine_tune else None
+    return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,
+            "seed": args.seed, "recalibration_images": RECALIBRATION_IMAGES,
+            "fine_tune": recipe}
 
 
 def reconstruction_curves(model, layer_name=None):
@@ -91,137 +106,116 @@ def reconstruction_curves(model, layer_name=None):
                 relative_error(kernel, (min(r, c), min(r, f))) for r in both]}}
 
 
-def run_settings(args, model_sha256, data_id):
-    """Everything that changes this part's numbers: results are keyed by it."""
-    from common import precision
-    fine_tune = {"epochs": args.fine_tune, "precision": precision.resolve(args.precision),
-                 "batch_size": args.batch_size or FINE_TUNE_BATCH_SIZE,
-                 "peak_learning_rate": FINE_TUNE_LEARNING_RATE} if args.fine_tune else None
-    return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,
-            "seed": args.seed, "fine_tune": fine_tune}
-
-
-def plot_figures(run, figures_dir):
-    from common import plots
-    figures = {"part3_reconstruction_vs_rank.png":
-               lambda p: plots.plot_reconstruction_vs_rank(run["reconstruction"], p)}
-    if run.get("sweep"):
-        figures["part3_accuracy_vs_k.png"] = lambda p: plots.plot_accuracy_vs_k(run, p)
-        if run.get("timing"):
-            figures["part3_forward_time_vs_k.png"] = \
-                lambda p: plots.plot_forward_time_vs_k(run, p)
-    for filename, plot in figures.items():
-        print("wrote", plot(os.path.join(figures_dir, filename)))
-
-
-def print_row(label, accuracy, params, flops, time_ratio=None, flops_ratio=None):
-    ratios = "" if time_ratio is None else f"   time x{time_ratio:.3f}  FLOPs x{flops_ratio:.3f}"
-    print(f"{label:>10}  acc {accuracy:.4f}  params {params:>9,}  MFLOPs {flops / 1e6:8.1f}{ratios}")
-
-
-def decompose_and_measure(original, k, train, test, args, settings):
-    """The k-decomposed model (batch norm re-estimated; fine-tuned if set) and its row."""
+def decompose(original, k, splits, recipe, seed):
+    """The k-decomposed model, batch norm re-estimated and fine-tuned (with a
+    recipe), and its row: accuracy on the validation split at each stage."""
     from common import measure, training, tucker
     model, ranks = tucker.decompose_model(original, lambda c, f: tucker.tucker_ranks(c, f, k))
-    fine_tune = settings["fine_tune"] or {}
-    row = {"k": k, "ranks": ranks, "test_accuracy": training.test_accuracy(model, test),
-           "params": measure.count_params(model), "flops": measure.count_flops(model),
-           "fine_tune_epochs": fine_tune.get("epochs", 0),
-           "fine_tune_precision": fine_tune.get("precision"), "fine_tuned_test_accuracy": None}
-    # Fine-tuning (if any) starts from the re-estimated statistics.
-    training.recalibrate_batchnorm(model, train[0][:RECALIBRATION_IMAGES])
-    row["test_accuracy_recalibrated"] = training.test_accuracy(model, test)
-    print_row(f"k={k}", row["test_accuracy"], row["params"], row["flops"])
-    print(f"{'':>10}  batch norm re-estimated: acc {row['test_accuracy_recalibrated']:.4f}")
-    if fine_tune:
+    row = {"k": k, "ranks": ranks, "params": measure.count_params(model),
+           "flops": measure.count_flops(model),
+           "validation_accuracy": training.accuracy_on(model, splits.validation)}
+    training.recalibrate_batchnorm(model, splits.train[0][:RECALIBRATION_IMAGES])
+    row["validation_accuracy_recalibrated"] = training.accuracy_on(model, splits.validation)
+    row["validation_accuracy_fine_tuned"] = None
+    if recipe:
         row["fine_tune_records"] = training.fine_tune(
-            model, train, test, epochs=fine_tune["epochs"], batch_size=fine_tune["batch_size"],
-            peak_learning_rate=fine_tune["peak_learning_rate"],
-            precision=fine_tune["precision"], seed=args.seed)
-        row["fine_tuned_test_accuracy"] = training.test_accuracy(model, test)
-        print(f"{'':>10}  after {fine_tune['epochs']} epochs of fine-tuning: "
-              f"acc {row['fine_tuned_test_accuracy']:.4f}")
+            model, splits.train, splits.validation, teacher=original, seed=seed, **recipe)
+        row["validation_accuracy_fine_tuned"] = training.accuracy_on(model, splits.validation)
     return model, row
 
 
-def time_side_by_side(original, decomposed, test, repeats, seed):
-    """Forward seconds of the original and each decomposed model, timed in one
-    interleaved run: time ratios are only fair between models timed together."""
+def sweep(run, original, ks, splits):
+    """Every k asked for: its stored row and model reused where the model file
+    is there as stored (and not --force), else made. Returns k -> model."""
+    from common import models
+    stored = {row["k"]: row for row in run.find().get("sweep", [])}
+    made = {}
+    progress = cli.Sweep(len(ks), "k")
+    for k in ks:
+        path = None if run.force else run.verified(stored.get(k), f"k={k}")
+        if path:
+            made[k] = models.load_classifier(path)
+            progress.done(f"k={k}: done, reusing {cli.shown_path(path)}; --force redoes it")
+            continue
+        made[k], row = decompose(original, k, splits, run.settings["fine_tune"],
+                                 run.settings["seed"])
+        row.update(run.save_model(made[k], f"tucker_k{k}"))
+        run.upsert("sweep", "k", row)
+        progress.done(f"k={k}: validation {row['validation_accuracy']:.4f} as decomposed, "
+                      f"{row['validation_accuracy_recalibrated']:.4f} batch norm re-estimated"
+                      + (f", {row['validation_accuracy_fine_tuned']:.4f} fine-tuned"
+                         if row["validation_accuracy_fine_tuned"] is not None else ""))
+    return made
+
+
+def report(run, original, made, splits):
+    """The report: test accuracy of the original and of each model made or
+    reused now, read once per model file (stored with its row)."""
+    from common.training import accuracy_on
+    if "test_accuracy" not in run.find().get("original", {}):
+        run.update(lambda r: r["original"].update(test_accuracy=accuracy_on(original,
+                                                                            splits.test())))
+    for row in run.find()["sweep"]:
+        if row["k"] in made and "test_accuracy" not in row:
+            run.upsert("sweep", "k", {**row, "test_accuracy": accuracy_on(made[row["k"]],
+                                                                         splits.test())})
+
+
+def timing(run, original, made, images):
+    """Forward time of the original and every k model made or reused now,
+    timed together on this machine (a stored timing of the same models,
+    machine and parameters is reused)."""
     from common import measure
     from common.inference import fold_batchnorm
-    print(f"timing {len(decomposed) + 1} models side by side: a warm-up, {repeats} rounds ...")
-    candidates = {"original": original, **{f"k{k}": decomposed[k] for k in sorted(decomposed)}}
-    if FOLD_BATCHNORM_FOR_TIMING:
-        candidates = {name: fold_batchnorm(model)[0] for name, model in candidates.items()}
-    seconds = measure.time_forward(candidates, test[0], batch_size=TIMING_BATCH_SIZE,
-                                   repeats=repeats, seed=seed, progress=True)
-    return {name: measure.summarize_seconds(s) for name, s in seconds.items()}
+    candidates = {"original": original, **{f"k{k}": made[k] for k in sorted(made)}}
+    digests = {"original": run.settings["model_sha256"],
+               **{f"k{row['k']}": row["model_sha256"] for row in run.find()["sweep"]
+                  if row["k"] in made}}
+    params = {**TIMING, "images": len(images)}
+
+    def measure_now():
+        print(f"timing {len(candidates)} models side by side in Keras ...")
+        return {"models": measure.keras_timing(
+            {name: fold_batchnorm(m)[0] for name, m in candidates.items()}, images,
+            TIMING["batch_size"], TIMING["repeats"])}
+    return run.timing("timings", digests, params, measure_now)
+
+
+def plot_figures(run, figures_dir):
+    import os
+
+    from common import plots
+    print("wrote", plots.plot_reconstruction_vs_rank(
+        run["reconstruction"], os.path.join(figures_dir, "part3_reconstruction_vs_rank.png")))
+    if run.get("sweep"):
+        print("wrote", plots.plot_accuracy_vs_k(
+            run, os.path.join(figures_dir, "part3_accuracy_vs_k.png")))
+    block = machine.this_machine(run.get("timings")) or (run.get("timings") or [None])[-1]
+    if block:
+        print("wrote", plots.plot_forward_time_vs_k(
+            run, block, os.path.join(figures_dir, "part3_forward_time_vs_k.png")))
 
 
 def main(argv=None):
     args = parse_args(argv)
-    paths = cli.output_paths(args.output_dir)
-    store = ResultsStore(os.path.join(paths["results"], RESULTS_FILE))
     if args.plot_only:
-        return cli.plot_every_run(store, paths["figures"], plot_figures)
-    model_path = cli.model_path(args.model, args.output_dir)
-    train, test, source, data_id = load_for_run(args.data_dir, args.train_limit)
-    cli.load_backend()
-    from common import measure, models, training
+        return runs.plot_only(RESULTS_FILE, args, plot_figures, SCHEMA)
+    run, splits, model_path = runs.start(
+        RESULTS_FILE, args, lambda digest, data_id: run_settings(args, digest, data_id), SCHEMA)
+    from common import measure, models, report as tables, training
     original = models.load_classifier(model_path)
-    reconstruction = reconstruction_curves(original, args.layer)  # a bad --layer fails here
-    settings = run_settings(args, file_digest(model_path), data_id)
-    cli.back_up_if_forced(store, settings, args.force)
-    stored = {} if args.force else store.find(settings) or {}
-    if stored.get("reconstruction", {}).get("layer") == reconstruction["layer"]:
-        reconstruction = stored["reconstruction"]  # kept as stored, not re-rounded
-    run = store.update(settings, lambda run: run.update(reconstruction=reconstruction),
-                       meta={**run_metadata(source), "model": cli.shown_path(model_path)})
-
-    original_row = {"test_accuracy": training.test_accuracy(original, test),
-                    "params": measure.count_params(original), "flops": measure.count_flops(original)}
-    print_row("original", *original_row.values())
-    sweep = {row["k"]: row for row in run.get("sweep", [])}
-    wanted = set(args.k or K_VALUES)
-    decomposed = {}  # k -> model: the k run now, and stored rows whose model file is there
-    progress = cli.Sweep(len(wanted), "k")
-    for k in sorted(wanted | set(sweep)):
-        model_file = os.path.join(paths["models"], f"tucker_k{k}.keras")
-        row = sweep.get(k)
-        kept = (row or {}).get("model_sha256")  # the digest of the row's model file
-        if os.path.exists(model_file) and file_digest(model_file) == kept \
-                and not (args.force and k in wanted):
-            decomposed[k] = models.load_classifier(model_file)
-            if k in wanted:
-                progress.done(f"k={k}: done, reusing {model_file}; --force redoes it")
-            continue
-        if k not in wanted:
-            continue  # a stored row without its model: kept as it is, not timed
-        if row is not None and not args.force:
-            print(f"k={k}: no model file {model_file} of the stored row; re-making both")
-        decomposed[k], row = decompose_and_measure(original, k, train, test, args, settings)
-        decomposed[k].save(model_file)
-        row["model_sha256"] = file_digest(model_file)
-        store.update(settings, lambda run, row=row: run.update(
-            sweep=upsert(run.get("sweep", []), "k", row)))
-        progress.done(f"k={k}: stored")
-
-    seconds = time_side_by_side(original, decomposed, test, args.timing_repeats, args.seed)
-    timing = {"batch_size": TIMING_BATCH_SIZE, "repeats": args.timing_repeats,
-              "images": len(test[0]), "backend": run["meta"]["keras_backend"],
-              "batch_norm_folded": FOLD_BATCHNORM_FOR_TIMING, "timed": sorted(decomposed)}
-
-    def record_timing(run):
-        run.update(original={**original_row, "forward_seconds": seconds["original"]}, timing=timing)
-        for row in (r for r in run.get("sweep", []) if r["k"] in decomposed):
-            row["forward_seconds"] = seconds[f"k{row['k']}"]
-            row["time_ratio"] = row["forward_seconds"]["median"] / seconds["original"]["median"]
-            row["flops_ratio"] = row["flops"] / original_row["flops"]
-            row["params_ratio"] = row["params"] / original_row["params"]
-            print_row(f"k={row['k']}", row["fine_tuned_test_accuracy"] or row["test_accuracy"],
-                      row["params"], row["flops"], row["time_ratio"], row["flops_ratio"])
-    run = store.update(settings, record_timing)
-    plot_figures(run, store.figures_dir(paths["figures"], settings))
+    curves = reconstruction_curves(original, args.layer)  # a bad --layer fails here
+    if run.find().get("reconstruction", {}).get("layer") != curves["layer"]:
+        run.update(lambda r: r.update(reconstruction=curves))
+    if "original" not in run.find():
+        run.update(lambda r: r.update(original={
+            "validation_accuracy": training.accuracy_on(original, splits.validation),
+            "params": measure.count_params(original), "flops": measure.count_flops(original)}))
+    made = sweep(run, original, sorted(set(args.k or K_VALUES)), splits)
+    report(run, original, made, splits)
+    block = timing(run, original, made, splits.validation[0])
+    print(tables.part3_table(run.find(), block))
+    plot_figures(run.find(), run.paths["figures"])
     return 0
 
 

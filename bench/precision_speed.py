@@ -23,6 +23,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402,F401
+from common import machine  # noqa: E402
 from common import models, precision  # noqa: E402
 
 
@@ -33,6 +34,7 @@ def main():
     parser.add_argument("--images", type=int, default=4096)
     parser.add_argument("--batch-size", type=int, default=512)   # fine-tuning's
     args = parser.parse_args()
+    print(f"machine: {machine.label(machine.identity())}, {os.cpu_count()} threads")
     original = models.load_classifier(args.model)
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(args.images, 32, 32, 3)).astype("float32")

@@ -28,12 +28,15 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402,F401
-import part1_cnn  # noqa: E402
+from common import machine  # noqa: E402
+from common import models  # noqa: E402
 from common.data import load_cifar10, preprocess  # noqa: E402
 from common.training import EpochRecorder, fit_resumable  # noqa: E402
 
-MODELS = {"plain (steps 4-5)": "baseline", "pooled (step 6)": "maxpool",
-          "augmented (step 7)": "augment"}
+# Part 1's models, compiled as part1_cnn.py compiles them (Adam 0.001, batch 64).
+MODELS = {"plain (steps 4-5)": models.plain_cnn, "pooled (step 6)": models.pooled_cnn,
+          "augmented (step 7)": lambda: models.pooled_cnn(augment=True)}
+BATCH_SIZE = 64
 
 
 def time_hooks(classes, seconds):
@@ -57,6 +60,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--data-dir")
     args = parser.parse_args()
+    print(f"machine: {machine.label(machine.identity())}, {os.cpu_count()} threads")
     (x, y), test, _ = load_cifar10(args.data_dir)
     train = preprocess(x[:args.images], y[:args.images])
     test = preprocess(test[0][:1000], test[1][:1000])
@@ -64,11 +68,11 @@ def main():
     time_hooks([EpochRecorder, keras.callbacks.BackupAndRestore], hook_seconds)
     print(f"{'model':<20} {'suite img/s':>12} {'bare fit img/s':>15} {'ratio':>7} "
           f"{'ratio min-max':>14} {'callbacks s/epoch':>18} {'share':>6}")
-    for label, name in MODELS.items():
-        config = part1_cnn.experiment_config(
-            name, argparse.Namespace(epochs=1, batch_size=None, train_limit=None, seed=0))
-        model, _, _ = part1_cnn.build_model(config, train[0])
-        batch = config["batch_size"]
+    for label, build in MODELS.items():
+        model = build()
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy",
+                      metrics=["accuracy"])
+        batch = BATCH_SIZE
         model.fit(*train, batch_size=batch, epochs=1, verbose=0)  # warm-up: tracing
 
         def suite():

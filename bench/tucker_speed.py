@@ -24,6 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402,F401
+from common import machine  # noqa: E402
 from common import measure, models, tucker  # noqa: E402
 from common.inference import fold_batchnorm  # noqa: E402
 
@@ -38,6 +39,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--layer-k", type=int, default=4, choices=range(1, 9))
     args = parser.parse_args()
+    print(f"machine: {machine.label(machine.identity())}, {os.cpu_count()} threads")
     original = models.load_classifier(args.model)
     candidates = {"original": original}
     flops = {"original": measure.count_flops(original)}

@@ -1,13 +1,13 @@
 """Command-line options shared by the part scripts; bad values exit 2 with one line."""
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
 import time
 
 from common.precision import PRECISIONS
+from common.quiet import quiet_stderr
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODEL = os.path.join("models", "reference.keras")
@@ -66,6 +66,32 @@ def unit_fraction(name):
     return parse
 
 
+def positive_float(name):
+    """argparse type: a number above 0, e.g. a latency in ms."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError(f"{name} must be a number above 0, got {text!r}")
+        return value
+    return parse
+
+
+def open_fraction(name):
+    """argparse type: a number strictly between 0 and 1, e.g. a share of FLOPs removed."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not 0 < value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be a number in (0, 1), got {text!r}")
+        return value
+    return parse
+
+
 def make_parser(description, epilog=None, epochs=True):
     """A parser with the options every part shares (`epochs`: include --epochs)."""
     parser = Parser(description=description, epilog=epilog,
@@ -89,10 +115,10 @@ def make_parser(description, epilog=None, epochs=True):
     parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="random seed for weights, shuffling and augmentation "
                              "(default: %(default)s)")
-    parser.add_argument("--output-dir", metavar="DIR", default=REPO_ROOT,
+    parser.add_argument("--output-dir", metavar="DIR",
                         help="where results/, figures/, models/ and checkpoints/ are "
-                             "written (default: the repository). Results are stored per "
-                             "settings: a run with other settings goes beside the others")
+                             "written (default: the repository for the committed "
+                             "settings, else runs/<part>-<label>/, which git ignores)")
     parser.add_argument("--force", action="store_true",
                         help="redo work whose results are already there (the results "
                              "file is first copied to results/<part>.backup-<time>.json)")
@@ -122,7 +148,7 @@ def output_paths(output_dir):
 
 def default_model(output_dir):
     """models/reference.keras of `output_dir` if it has one, else the repository's."""
-    own = os.path.join(output_dir, DEFAULT_MODEL)
+    own = os.path.join(output_dir or REPO_ROOT, DEFAULT_MODEL)
     return own if os.path.exists(own) else os.path.join(REPO_ROOT, DEFAULT_MODEL)
 
 
@@ -141,27 +167,6 @@ def shown_path(path):
     """`path` relative to the repository when inside it (as results record it)."""
     relative = os.path.relpath(os.path.abspath(path), REPO_ROOT)
     return path if relative.startswith(os.pardir) else relative
-
-
-@contextlib.contextmanager
-def quiet_stderr(replay=True):
-    """Hold back what C++ code writes to file descriptor 2 inside the block
-    (Python's sys.stderr included); replay it if the block raises and `replay`."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            if replay:
-                captured.seek(0)
-                sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def load_backend():
@@ -185,22 +190,6 @@ def run_main(main, argv=None):
         prog = os.path.basename(sys.argv[0])
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-
-
-def back_up_if_forced(store, settings, force):
-    """Under --force, copy the results file aside before any row is replaced."""
-    if force and store.find(settings) is not None:
-        print(f"--force: the results it replaces are kept in {store.backup()}")
-
-
-def plot_every_run(store, figures_root, plot):
-    """--plot-only: `plot(run, folder)` for each stored run, into its own folder."""
-    runs = store.runs()
-    if not runs:
-        raise ValueError(f"{store.path}: no results to plot; run without --plot-only first")
-    for run in runs:
-        plot(run, store.figures_dir(figures_root, run["settings"]))
-    return 0
 
 
 class Sweep:

@@ -20,6 +20,8 @@ import tarfile
 
 import numpy as np
 
+from common.quiet import quiet_stderr
+
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -28,6 +30,13 @@ BATCH_FOLDER = "cifar-10-batches-py"
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
 ENV_VAR = "CIFAR10_DIR"
 JPEG_COPY = "CIFAR-10 JPEG copy"
+# The validation split: the last 5,000 training images, by index (the batch
+# files are in a fixed shuffled order, so they hold every class: 467-541 each in
+# the JPEG copy). The reference and every model made from it train on the other
+# 45,000; every choice (a recipe constant, a criterion, a rank, a step of the
+# latency search) is made on these, and the test set is read only to report.
+# Part 1's steps 4-7 train on all 50,000, as in the study.
+VALIDATION_SIZE = 5000
 
 # The only globals a CIFAR-10 batch pickle needs: numpy's array reconstructor,
 # ndarray and dtype (numpy 1.x pickles say `numpy.core`, numpy 2.x `numpy._core`),
@@ -174,13 +183,15 @@ def _find_reader(data_dir):
 
 def _load_keras():
     try:
-        import keras
+        with quiet_stderr():  # TensorFlow's start-up notices
+            import keras
         (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
     except Exception as err:
         raise DataError(
-            f"CIFAR-10 not found and Keras could not download it ({err}). "
-            f"Pass --data-dir (or set {ENV_VAR}) to a folder holding "
-            f"{BATCH_FOLDER}/ or {ARCHIVE_NAME}.") from None
+            f"CIFAR-10 not found and Keras could not download it ({err}). Download "
+            f"{ARCHIVE_NAME} (the 'CIFAR-10 python version', "
+            "https://www.cs.toronto.edu/~kriz/cifar.html) and pass --data-dir (or set "
+            f"{ENV_VAR}) to the folder holding it or its {BATCH_FOLDER}/.") from None
     return (x_train, y_train.reshape(-1)), (x_test, y_test.reshape(-1))
 
 
@@ -233,14 +244,66 @@ def fingerprint(train, test, source):
             "data_sha256": digest.hexdigest()}
 
 
-def load_for_run(data_dir, train_limit=None):
-    """What a part script trains and tests on: (train, test, source, data_id),
-    train and test preprocessed (train cut to its first `train_limit` images),
-    `data_id` the fingerprint of the full set (see `fingerprint`)."""
+def split_validation(images, labels, size=VALIDATION_SIZE):
+    """The training set less its last `size` images, and those images.
+
+    Returns
+    -------
+    train, validation : (images, labels) each
+    record : {"validation": "train[45000:50000]", "validation_sha256": ...},
+        the split by index and a SHA-256 of its images and labels, stored in
+        the settings of every run that trains or chooses with it
+    """
+    if not 0 < size < len(images):
+        raise DataError(f"a validation split of {size} images needs more than {size} "
+                        f"training images, got {len(images)}")
+    start = len(images) - size
+    digest = hashlib.sha256(np.ascontiguousarray(images[start:], dtype=np.uint8).tobytes())
+    digest.update(np.ascontiguousarray(labels[start:], dtype=np.int64).tobytes())
+    record = {"validation": f"train[{start}:{len(images)}]",
+              "validation_sha256": digest.hexdigest()}
+    return (images[:start], labels[:start]), (images[start:], labels[start:]), record
+
+
+class Splits:
+    """What a part script works on, preprocessed (see `preprocess`).
+
+    train, validation : (images, one-hot labels); validation is None for
+        Part 1's steps 4-7, which train on every training image
+    source : where the data came from;  data_id : what results are keyed by
+        (`fingerprint`, and the validation split's record)
+
+    The test set is read through `test()` alone, in a script's report step:
+    nothing is chosen on it.
+    """
+
+    def __init__(self, train, validation, test, source, data_id):
+        self.train, self.validation, self.source, self.data_id = \
+            train, validation, source, data_id
+        self._test = test
+
+    def test(self):
+        """The test set (images, one-hot labels): for reporting only."""
+        return self._test
+
+
+def load_for_run(data_dir, train_limit=None, validation=True):
+    """Load CIFAR-10 and split it as a part script uses it (see `Splits`).
+
+    validation : hold the last `VALIDATION_SIZE` training images out as the
+        validation split (False: Part 1's steps 4-7, trained on all of them)
+    train_limit : keep only the first N training images (quick runs)
+    """
     (x_train, y_train), test, source = load_cifar10(data_dir)
     data_id = fingerprint((x_train, y_train), test, source)
-    return (preprocess(x_train[:train_limit], y_train[:train_limit]), preprocess(*test),
-            source, data_id)
+    held_out = None
+    if validation:
+        size = min(VALIDATION_SIZE, len(x_train) // 10)  # tiny test data keep 90% to train
+        (x_train, y_train), held_out, record = split_validation(x_train, y_train, size)
+        data_id.update(record)
+        held_out = preprocess(*held_out)
+    return Splits(preprocess(x_train[:train_limit], y_train[:train_limit]), held_out,
+                  preprocess(*test), source, data_id)
 
 
 def preprocess(images, labels):

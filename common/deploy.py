@@ -23,9 +23,9 @@ import tempfile
 import keras
 import numpy as np
 
-from common.cli import quiet_stderr
-from common.measure import time_interleaved
+from common.measure import side_by_side, time_interleaved
 from common.models import leaf_layers
+from common.quiet import quiet_stderr
 
 PRECISIONS = ("float32", "dynamic_int8", "int8")
 
@@ -132,7 +132,8 @@ def interpreter(flatbuffer, threads=1, batch_size=1):
         runner.allocate_tensors()
         return runner
     try:
-        runner = make()
+        with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            runner = make()
         runner.delegate = "XNNPACK"
     except RuntimeError as err:
         runner = make(experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
@@ -170,16 +171,48 @@ def sizes(flatbuffer):
     return {"bytes": len(flatbuffer), "gzip_bytes": len(gzip.compress(flatbuffer, 9))}
 
 
-def time_per_image(flatbuffers, images, threads=(1, 2), repeats=5, seed=0, progress=False):
+def time_per_image(flatbuffers, images, threads=(1, 2), repeats=7, seed=0, progress=False):
     """Latency at batch 1 in LiteRT: mean seconds per image of each flatbuffer
     at each thread count, all of them interleaved in every round, warm-up
     excluded (see `measure.time_interleaved`).
 
-    flatbuffers : dict name -> bytes;  images : ndarray (N, H, W, C)
+    flatbuffers : dict name -> bytes
+    images : ndarray (N, H, W, C), or dict name -> such an array (models of
+        different input shapes; the same N for all)
     Returns dict (name, threads) -> list of `repeats` seconds per image.
     """
-    singles = [np.asarray(image[None], np.float32) for image in images]
-    runners = {(name, t): predictor(flatbuffer, t) for name, flatbuffer in flatbuffers.items()
-               for t in threads}
-    seconds = time_interleaved(runners, singles, repeats, seed, progress)
-    return {key: [s / len(singles) for s in values] for key, values in seconds.items()}
+    own = images if isinstance(images, dict) else {name: images for name in flatbuffers}
+    singles = {name: [np.asarray(image[None], np.float32) for image in own[name]]
+               for name in flatbuffers}
+    count = {len(v) for v in singles.values()}
+    if len(count) != 1:
+        raise ValueError(f"every flatbuffer needs as many images, got {sorted(count)}")
+    (count,) = count
+    runners = {(name, t): lambda i, run=predictor(flatbuffer, t), xs=singles[name]: run(xs[i])
+               for name, flatbuffer in flatbuffers.items() for t in threads}
+    seconds = time_interleaved(runners, range(count), repeats, seed, progress)
+    return {key: [s / count for s in values] for key, values in seconds.items()}
+
+
+# The per-call cost of the Python side (set_tensor, invoke, get_tensor of a
+# 32x32x3 image) is what a model that does next to nothing takes: one multiply.
+CALL_OVERHEAD = "(one multiply: the per-call overhead)"
+
+
+def _one_multiply(shape):
+    import keras
+    return to_flatbuffer(keras.Sequential([keras.Input(shape), keras.layers.Rescaling(1.0)]))
+
+
+def latency(flatbuffers, images, baseline, threads=(1,), repeats=7, seed=0, progress=True):
+    """Latency per image at batch 1 of each flatbuffer at each thread count,
+    all interleaved in every round together with a one-multiply model (the
+    Python per-call overhead, `CALL_OVERHEAD`), and each one's ratio to the
+    `baseline` flatbuffer's median at the same thread count.
+
+    Returns dict str(threads) -> name -> {"median", "min", "max", "all", "ratio"}
+    """
+    timed = {**flatbuffers, CALL_OVERHEAD: _one_multiply(images.shape[1:])}
+    seconds = time_per_image(timed, images, threads, repeats, seed, progress)
+    return {str(t): side_by_side({name: seconds[name, t] for name in timed}, baseline)
+            for t in threads}

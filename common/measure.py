@@ -113,4 +113,29 @@ def time_forward(models, images, batch_size=256, repeats=5, seed=0, progress=Fal
 def summarize_seconds(seconds):
     """{"median", "min", "max", "all"} of a list of timings."""
     return {"median": float(np.median(seconds)), "min": float(min(seconds)),
-            "max": float(max(seconds)), "all": [round(s, 4) for s in seconds]}
+            "max": float(max(seconds)), "all": [float(f"{s:.4g}") for s in seconds]}
+
+
+def side_by_side(seconds, baseline, per=1):
+    """Each runner's timing summary (divided by `per`, e.g. images per pass)
+    and its `ratio`: its median over the `baseline` runner's, both timed in
+    the same interleaved rounds (see `time_interleaved`).
+
+    seconds : dict name -> list of seconds, as `time_interleaved` returns
+    Returns dict name -> {"median", "min", "max", "all", "ratio"}
+    """
+    if baseline not in seconds:
+        raise ValueError(f"the baseline {baseline!r} was not timed with the others")
+    summaries = {name: summarize_seconds([s / per for s in values])
+                 for name, values in seconds.items()}
+    base = summaries[baseline]["median"]
+    return {name: {**summary, "ratio": summary["median"] / base}
+            for name, summary in summaries.items()}
+
+
+def keras_timing(models, images, batch_size=256, repeats=7, seed=0, progress=True):
+    """Forward time of each Keras model over `images` at `batch_size` (compiled
+    inference functions, interleaved rounds), with ratios to the model named
+    "original". Threads: the backend's default, every logical core."""
+    return side_by_side(time_forward(models, images, batch_size, repeats, seed, progress),
+                        "original")

@@ -6,6 +6,8 @@ matplotlib.use("Agg")  # files only; works without a display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator, PercentFormatter  # noqa: E402
 
+from common.machine import label as machine_label  # noqa: E402
+
 CHANCE = 0.1  # ten balanced classes
 
 
@@ -17,6 +19,9 @@ def _save(fig, path):
 
 
 MARKERS = "osD^v"
+# One colour per method in every figure.
+METHOD_COLOURS = {"original": "k", "pruned": "C0", "tucker": "C1", "structured": "C2",
+                  "search": "C3"}
 
 
 def dataset_name(run):
@@ -31,69 +36,92 @@ def _percent(ax, axis="y"):
     getattr(ax, f"{axis}axis").set_major_formatter(PercentFormatter(xmax=1, decimals=0))
 
 
-def _training_curves(runs, title, path, log_loss=False, stacked=False):
+def _training_curves(runs, title, path, footnote, log_loss=False):
     """Accuracy (left) and loss (right) per epoch; test solid, train dashed; one
-    colour and marker per run, the legend below both panels.
+    colour and marker per run, markers of different runs on alternating
+    epochs (so that runs on the same values, as lr 0.1 and lr 1 at chance,
+    stay visible), the legend below both panels.
 
     runs : dict label -> list of epoch records (epoch, train_/test_accuracy, _loss)
-    stacked : draw earlier runs wider, so that a later run on the same values
-        (lr 0.1 and lr 1 both sit at chance) leaves them visible
     """
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.6))
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.8))
+    losses = []
     for i, (label, epochs) in enumerate(runs.items()):
-        width = 1.5 + 2.5 * (len(runs) - 1 - i) if stacked else 1.5
-        style = dict(color=f"C{i}", marker=MARKERS[i], ms=4, lw=width,
-                     markevery=max(1, len(epochs) // 10), alpha=0.9)
+        every = max(1, len(epochs) // 10)
+        style = dict(color=f"C{i}", marker=MARKERS[i], ms=5, lw=1.5, alpha=0.9,
+                     markevery=(i * every // max(1, len(runs)), every))
         x = [e["epoch"] for e in epochs]
         for split, ls in (("test", "-"), ("train", "--")):
             acc_ax.plot(x, [e[f"{split}_accuracy"] for e in epochs], ls=ls,
                         label=f"{label}, {split}", **style)
-            loss_ax.plot(x, [e[f"{split}_loss"] for e in epochs], ls=ls, **style)
+            loss = [e[f"{split}_loss"] for e in epochs]
+            loss_ax.plot(x, loss, ls=ls, **style)
+            losses += loss
     acc_ax.axhline(CHANCE, color="grey", lw=0.8, ls=":", label="chance (10 classes)")
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1))
     _percent(acc_ax)
     loss_ax.set(xlabel="epoch", ylabel="categorical cross-entropy", title="Loss")
     if log_loss:
         loss_ax.set_yscale("log")
+    else:
+        loss_ax.set_ylim(0, 1.05 * max(losses))
     for ax in (acc_ax, loss_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    return _save_below(fig, acc_ax, path, ncol=min(4, 2 * len(runs) + 1), bottom=0.1)
+    _footnote(fig, footnote)
+    return _save_below(fig, acc_ax, path, ncol=min(4, 2 * len(runs) + 1), bottom=0.14)
 
 
-def plot_step4_baseline(experiments, path):
+def _part1_footnote(run, names):
+    """Data, the experiments' epochs and batch size, train limit and seed."""
+    experiments = run["experiments"]
+    configs = [experiments[n]["config"] for n in names if n in experiments]
+    parts = [dataset_name(run)]
+    limit = configs[0].get("train_limit")
+    parts.append(f"first {limit:,} training images" if limit else "all 50,000 training images")
+    parts.append("epochs " + ", ".join(f"{c['epochs']}" for c in configs)
+                 + f"; batch {configs[0]['batch_size']}; seed {configs[0]['seed']}")
+    return "; ".join(parts)
+
+
+def plot_step4_baseline(run, path):
     """Step 4: the plain CNN's train and test accuracy and loss per epoch."""
-    base = experiments["baseline"]
+    base = run["experiments"]["baseline"]
     lr = base["config"]["learning_rate"]
     return _training_curves({f"no pooling, lr {lr:g}": base["epochs"]},
-                            f"Step 4: plain CNN (no pooling), {dataset_name(base)}", path)
+                            "Step 4: plain CNN (no pooling)", path,
+                            _part1_footnote(run, ["baseline"]))
 
 
-def plot_step5_learning_rates(experiments, path):
+def plot_step5_learning_rates(run, path):
     """Step 5: lr 0.1 and lr 1 fail to train; lr 0.001 shown for reference."""
+    experiments = run["experiments"]
+    names = [name for name in ("lr0.1", "lr1", "baseline") if name in experiments]
     runs = {f"lr {experiments[name]['config']['learning_rate']:g}": experiments[name]["epochs"]
-            for name in ("lr0.1", "lr1", "baseline") if name in experiments}
-    return _training_curves(runs, "Step 5: Adam learning rate, plain CNN, "
-                            f"{dataset_name(experiments['lr1'])}", path, log_loss=True,
-                            stacked=True)
+            for name in names}
+    return _training_curves(runs, "Step 5: Adam learning rate, plain CNN (lr 0.1 and 1 "
+                            "both sit at chance)", path, _part1_footnote(run, names),
+                            log_loss=True)
 
 
-def plot_step6_maxpool(experiments, path):
+def plot_step6_maxpool(run, path):
     """Step 6: max pooling against the baseline."""
+    experiments = run["experiments"]
     runs = {"no pooling (step 4)": experiments["baseline"]["epochs"],
             "2x2 max pooling": experiments["maxpool"]["epochs"]}
-    return _training_curves(runs, "Step 6: adding max pooling, "
-                            f"{dataset_name(experiments['maxpool'])}", path)
+    return _training_curves(runs, "Step 6: adding max pooling", path,
+                            _part1_footnote(run, ["baseline", "maxpool"]))
 
 
-def plot_step7_augmentation(experiments, path):
+def plot_step7_augmentation(run, path):
     """Step 7: data augmentation on the pooled CNN, the un-augmented one for reference."""
+    experiments = run["experiments"]
     runs = {"flip + translate": experiments["augment"]["epochs"]}
     if "maxpool" in experiments:
         runs["no augmentation (step 6)"] = experiments["maxpool"]["epochs"]
-    return _training_curves(runs, "Step 7: data augmentation, pooled CNN, "
-                            f"{dataset_name(experiments['augment'])}", path)
+    return _training_curves(runs, "Step 7: data augmentation, pooled CNN", path,
+                            _part1_footnote(run, ["augment", "maxpool"]))
 
 
 # figure file name -> (function, experiments it needs)
@@ -152,190 +180,243 @@ def _sweep_xy(sweep, key):
     return [r["k"] for r in rows], [r[key] for r in rows], rows
 
 
+def _settings_line(run):
+    """The footnote of a figure: data, train limit, seed, fine-tuning."""
+    settings = run.get("settings", {})
+    parts = [dataset_name(run)]
+    if settings.get("train_limit"):
+        parts.append(f"first {settings['train_limit']:,} training images")
+    if settings.get("validation"):
+        parts.append(f"validation {settings['validation']}")
+    recipe = settings.get("fine_tune")
+    if recipe:
+        parts.append(f"fine-tuned {recipe['epochs']} epochs ({recipe['precision']})")
+    parts.append(f"seed {settings.get('seed', 0)}")
+    return "; ".join(parts)
+
+
+def _footnote(fig, text):
+    fig.text(0.01, 0.005, text, fontsize=7, color="0.35", ha="left", va="bottom")
+
+
 def plot_accuracy_vs_k(results, path):
-    """Part 3: test accuracy of the decomposed model against k (ranks = k/8 of the channels)."""
-    ks, acc, rows = _sweep_xy(results["sweep"], "test_accuracy")
+    """Part 3: accuracy on the validation split of the decomposed model against
+    k (ranks = k/8 of the channels): as decomposed, batch norm re-estimated,
+    fine-tuned; the fine-tuned models' test accuracy (the report) beside."""
+    ks, acc, rows = _sweep_xy(results["sweep"], "validation_accuracy")
+    original = results["original"]["validation_accuracy"]
+    colour = METHOD_COLOURS["tucker"]
 
     def draw(ax):
-        ax.plot(ks, acc, "o-", label="decomposed")
-        recalibrated = [(r["k"], r["test_accuracy_recalibrated"]) for r in rows
-                        if r.get("test_accuracy_recalibrated") is not None]
-        if recalibrated:
-            ax.plot(*zip(*recalibrated), "s--", label="decomposed, batch norm re-estimated")
-        tuned = [(r["k"], r["fine_tuned_test_accuracy"]) for r in rows
-                 if r.get("fine_tuned_test_accuracy") is not None]
+        ax.plot(ks, acc, "o:", color=colour, mfc="white", label="decomposed")
+        ax.plot(ks, [r["validation_accuracy_recalibrated"] for r in rows], "s--", color=colour,
+                mfc="white", label="decomposed, batch norm re-estimated")
+        tuned = [(r["k"], r["validation_accuracy_fine_tuned"]) for r in rows
+                 if r.get("validation_accuracy_fine_tuned") is not None]
         if tuned:
-            epochs = max(r["fine_tune_epochs"] for r in rows)
-            ax.plot(*zip(*tuned), "^-.", label=f"decomposed + fine-tuned ({epochs} epochs)")
-        ax.axhline(results["original"]["test_accuracy"], color="k", ls=":", label="original")
-        ax.set(xlabel="k  (R1 = c·k/8, R2 = f·k/8)", ylabel="test accuracy", xticks=range(1, 9))
-    original = results["original"]["test_accuracy"]
-    fig, full, _ = _zoom_panels(f"Accuracy after Tucker-2 decomposition, {dataset_name(results)}",
-                                draw, (original - 0.12, original + 0.02))
-    return _save_below(fig, full, path, ncol=4, bottom=0.1)
+            ax.plot(*zip(*tuned), "^-", color=colour, lw=2, label="decomposed + fine-tuned")
+        tested = [(r["k"], r["test_accuracy"]) for r in rows if r.get("test_accuracy")]
+        if tested:
+            ax.plot(*zip(*tested), "x", color="k", ms=7, label="its test accuracy (report)")
+        ax.axhline(original, color="k", ls=":", label="original (validation)")
+        ax.set(xlabel="k  (R1 = c·k/8, R2 = f·k/8)", ylabel="validation accuracy",
+               xticks=range(1, 9))
+    fig, full, _ = _zoom_panels("Accuracy after Tucker-2 decomposition", draw,
+                                (original - 0.12, original + 0.02))
+    _footnote(fig, _settings_line(results))
+    return _save_below(fig, full, path, ncol=3, bottom=0.14)
 
 
-def plot_forward_time_vs_k(results, path):
-    """Part 3: forward-pass time over the test set against k: median, min-max bars."""
+def plot_forward_time_vs_k(results, timing, path):
+    """Part 3: forward time of each k's model over the validation images,
+    median and min-max bars, from one timing block (one machine)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.6))
-    # Only the models timed in one run with the original (a row whose model
-    # file was absent keeps the seconds of an earlier run).
-    timed = [r for r in results["sweep"] if r["k"] in results["timing"]["timed"]]
-    ks, times, rows = _sweep_xy(timed, "forward_seconds")
+    models = timing["models"]
+    ks = sorted(int(name[1:]) for name in models if name.startswith("k"))
+    times = [models[f"k{k}"] for k in ks]
     median = [t["median"] for t in times]
     spread = [[t["median"] - t["min"] for t in times], [t["max"] - t["median"] for t in times]]
-    ax.errorbar(ks, median, yerr=spread, fmt="o-", capsize=4, label="decomposed (median, min-max)")
-    original = results["original"]["forward_seconds"]
+    ax.errorbar(ks, median, yerr=spread, fmt="o-", capsize=4, color=METHOD_COLOURS["tucker"],
+                label="decomposed (median, min-max)")
+    original = models["original"]
     ax.axhline(original["median"], color="k", ls="--", label="original (median)")
     ax.axhspan(original["min"], original["max"], color="k", alpha=0.1, label="original (min-max)")
+    params = timing["params"]
     ax.set(xlabel="k  (R1 = c·k/8, R2 = f·k/8)", ylim=(0, None), xticks=range(1, 9),
-           ylabel=f"seconds per pass over {results['timing']['images']} test images",
-           title=f"Forward time (batch {results['timing']['batch_size']}, "
-                 f"{results['timing']['repeats']} repeats), {dataset_name(results)}")
+           ylabel=f"seconds per pass over {params['images']:,} images",
+           title=f"Forward time in Keras (batch {params['batch_size']}, "
+                 f"{params['repeats']} interleaved rounds)")
     ax.grid(alpha=0.3)
-    return _save_below(fig, ax, path, ncol=3, bottom=0.1)
+    _footnote(fig, f"{timing['label']}, {timing['machine']['logical_cores']} threads; "
+                   f"{_settings_line(results)}")
+    return _save_below(fig, ax, path, ncol=3, bottom=0.14)
 
 
 def plot_layer_sensitivity(results, path):
-    """Part 2: test accuracy against prune rate, one line per layer (only that layer pruned)."""
+    """Part 2: validation accuracy against prune rate, one line per layer (only
+    that layer pruned)."""
     fig, ax = plt.subplots(figsize=(9, 5))
     layers = sorted(results["layer_sensitivity"].items(), key=lambda item: item[1]["index"])
     for i, (name, row) in enumerate(layers):
-        ax.plot(row["prune_rates"], row["test_accuracy"], ms=4, color=plt.cm.tab10(i % 10),
+        ax.plot(row["prune_rates"], row["validation_accuracy"], ms=4, color=plt.cm.tab10(i % 10),
                 marker="osD^v<>ph"[i % 9], ls=("-", "--", "-.", ":")[i % 4],
                 label=f"{row['index']}: {name} {tuple(row['shape'])}")
-    ax.axhline(results["dense_test_accuracy"], color="k", ls="--", lw=0.8, label="unpruned")
+    ax.axhline(results["dense"]["validation_accuracy"], color="k", ls="--", lw=0.8,
+               label="unpruned")
     ax.axhline(CHANCE, color="grey", ls=":", lw=0.8, label="chance")
-    ax.set(xlabel="weights of that layer pruned", ylabel="test accuracy", ylim=(0, 1),
-           title="Pruning one layer at a time, no retraining (1 = input side), "
-                 f"{dataset_name(results)}")
+    ax.set(xlabel="weights of that layer pruned", ylabel="validation accuracy", ylim=(0, 1),
+           title="Pruning one layer at a time, no retraining (1 = input side)")
     _percent(ax)
     _percent(ax, "x")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _footnote(fig, _settings_line(results))
     return _save(fig, path)
 
 
 def plot_global_vs_uniform(results, path):
     """Part 2: one global magnitude threshold vs the same rate in every layer."""
     fig, ax = plt.subplots(figsize=(6.5, 4.8))
-    for kind, marker, color in (("global", "o", "C0"), ("uniform", "s", "C1")):
+    for kind, marker, ls in (("global", "o", "-"), ("uniform", "s", "--")):
         curve = results[kind]
         label = "one global threshold" if kind == "global" else "same rate in every layer"
-        ax.plot(curve["sparsity"], curve["test_accuracy"], marker + "-", color=color, label=label)
-        ax.plot(curve["sparsity"], curve["test_accuracy_recalibrated"], marker + "--",
-                color=color, mfc="white", label=f"{label}, batch norm re-estimated")
-    ax.axhline(results["dense_test_accuracy"], color="k", ls=":", lw=0.8, label="unpruned")
-    ax.set(xlabel="weights pruned overall", ylabel="test accuracy", ylim=(0, 1),
-           title=f"Global vs uniform magnitude pruning, no retraining\n{dataset_name(results)}")
+        ax.plot(curve["sparsity"], curve["validation_accuracy"], marker + ls, color="C0",
+                label=label)
+        ax.plot(curve["sparsity"], curve["validation_accuracy_recalibrated"], marker + ls,
+                color="C9", mfc="white", label=f"{label}, batch norm re-estimated")
+    ax.axhline(results["dense"]["validation_accuracy"], color="k", ls=":", lw=0.8,
+               label="unpruned")
+    ax.set(xlabel="weights pruned overall", ylabel="validation accuracy", ylim=(0, 1),
+           title="Global vs uniform magnitude pruning, no retraining")
     _percent(ax)
     _percent(ax, "x")
     ax.grid(alpha=0.3)
-    return _save_below(fig, ax, path, ncol=2, bottom=0.16)
+    _footnote(fig, _settings_line(results))
+    return _save_below(fig, ax, path, ncol=2, bottom=0.18)
 
 
 def plot_finetune(results, path):
-    """Part 2: accuracy of globally pruned models before and after fine-tuning."""
-    rows = results["finetune"]
+    """Part 2: validation accuracy of globally pruned models without training
+    and after fine-tuning; the fine-tuned models' test accuracy beside."""
+    rows = sorted(results["finetune"], key=lambda r: r["sparsity"])
     sparsity = [r["sparsity"] for r in rows]
-    dense = results["dense_test_accuracy"]
-    distilled = " + distillation" if rows[0].get("distillation_weight") else ""
-    masks = ", pruned gradually" if rows[0].get("gradual") else ", masks fixed"
+    dense = results["dense"]["validation_accuracy"]
+    colour = METHOD_COLOURS["pruned"]
 
     def draw(ax):
-        ax.plot(sparsity, [r["test_accuracy_before"] for r in rows], "o-", label="pruned")
-        ax.plot(sparsity, [r["test_accuracy_recalibrated"] for r in rows], "s--",
-                label="pruned, batch norm re-estimated (no training)")
-        ax.plot(sparsity, [r["test_accuracy_refitted"] for r in rows], "D:",
+        ax.plot(sparsity, [r["validation_accuracy_pruned"] for r in rows], "o:", color=colour,
+                mfc="white", label="pruned")
+        ax.plot(sparsity, [r["validation_accuracy_recalibrated"] for r in rows], "s--",
+                color=colour, mfc="white", label="pruned, batch norm re-estimated (no training)")
+        ax.plot(sparsity, [r["validation_accuracy_refitted"] for r in rows], "D-.", color="C9",
                 label="kept weights refitted by least squares (no training)")
-        ax.plot(sparsity, [r["test_accuracy_after"] for r in rows], "^-", lw=2,
-                label=f"fine-tuned {rows[0]['epochs']} epochs{distilled}{masks}")
-        ax.axhline(dense, color="k", ls="--", lw=0.8, label="unpruned")
+        ax.plot(sparsity, [r["validation_accuracy_fine_tuned"] for r in rows], "^-", lw=2,
+                color=colour, label="fine-tuned, pruned gradually, with the dense teacher")
+        tested = [(r["sparsity"], r["test_accuracy"]) for r in rows if r.get("test_accuracy")]
+        if tested:
+            ax.plot(*zip(*tested), "x", color="k", ms=7, label="its test accuracy (report)")
+        ax.axhline(dense, color="k", ls="--", lw=0.8, label="unpruned (validation)")
         ax.axhspan(dense - 0.01, dense, color="C2", alpha=0.15, label="within 1 point")
-        ax.set(xlabel="weights pruned overall (global threshold)", ylabel="test accuracy")
+        ax.set(xlabel="weights pruned overall (global threshold)",
+               ylabel="validation accuracy")
         _percent(ax, "x")
-    fig, full, _ = _zoom_panels(f"Fine-tuning recovers pruned accuracy, {dataset_name(results)}",
-                                draw, (dense - 0.04, dense + 0.01))
-    return _save_below(fig, full, path, ncol=3, bottom=0.14)
+    fig, full, _ = _zoom_panels("Fine-tuning recovers pruned accuracy", draw,
+                                (dense - 0.04, dense + 0.01))
+    _footnote(fig, _settings_line(results))
+    return _save_below(fig, full, path, ncol=3, bottom=0.16)
 
 
 def plot_compression_tradeoff(part2, part3, path, structured=None):
-    """Pruning vs Tucker-2 on the same model: test accuracy against non-zero
-    weights; with `structured` (a run of part2_structured.py), filters removed too."""
+    """Pruning vs Tucker-2 on the same model: validation accuracy against
+    non-zero weights; with `structured` (a run of part2_structured.py), filters
+    removed too. One colour per method; dotted: no training, solid: fine-tuned."""
     curve = part2["global"]
     sweep = sorted(part3.get("sweep", []), key=lambda r: r["k"])
-    tuned = [r for r in sweep if r.get("fine_tuned_test_accuracy") is not None]
-    finetune = part2.get("finetune", [])
+    tuned = [r for r in sweep if r.get("validation_accuracy_fine_tuned") is not None]
+    finetune = sorted(part2.get("finetune", []), key=lambda r: r["sparsity"])
+    removed = sorted((structured or {}).get("finetuned", []), key=lambda r: r["params"])
+    pruned, tucker, filters = (METHOD_COLOURS[m] for m in ("pruned", "tucker", "structured"))
 
     def draw(ax):
-        ax.plot(curve["nonzero_params"], curve["test_accuracy"], "o-", color="C0",
-                label="global pruning")
-        ax.plot(curve["nonzero_params"], curve["test_accuracy_recalibrated"], "o:", color="C0",
-                label="global pruning, batch norm re-estimated")
+        ax.plot(curve["nonzero_params"], curve["validation_accuracy_recalibrated"], "o:",
+                color=pruned, mfc="white", label="global pruning, batch norm re-estimated")
         if finetune:
             ax.plot([r["nonzero_params"] for r in finetune],
-                    [r["test_accuracy_after"] for r in finetune], "o--", color="C0", mfc="white",
-                    label=f"global pruning + fine-tune ({finetune[0]['epochs']} ep)")
+                    [r["validation_accuracy_fine_tuned"] for r in finetune], "o-", color=pruned,
+                    label="global pruning + fine-tuned")
         if sweep:
-            ax.plot([r["params"] for r in sweep], [r["test_accuracy"] for r in sweep], "s-",
-                    color="C1", label="Tucker-2, k = 1..8")
-            ax.plot([r["params"] for r in sweep], [r["test_accuracy_recalibrated"] for r in sweep],
-                    "s:", color="C1", label="Tucker-2, batch norm re-estimated")
+            ax.plot([r["params"] for r in sweep],
+                    [r["validation_accuracy_recalibrated"] for r in sweep], "s:", color=tucker,
+                    mfc="white", label="Tucker-2 k = 1..8, batch norm re-estimated")
         if tuned:
-            ax.plot([r["params"] for r in tuned], [r["fine_tuned_test_accuracy"] for r in tuned],
-                    "s--", color="C1", mfc="white",
-                    label=f"Tucker-2 + fine-tune ({tuned[0]['fine_tune_epochs']} ep)")
-        removed = sorted((structured or {}).get("finetuned", []), key=lambda r: r["params"])
+            ax.plot([r["params"] for r in tuned],
+                    [r["validation_accuracy_fine_tuned"] for r in tuned], "s-", color=tucker,
+                    label="Tucker-2 + fine-tuned")
         if removed:
-            ax.plot([r["params"] for r in removed], [r["test_accuracy_after"] for r in removed],
-                    "^--", color="C2", mfc="white",
-                    label=f"filters removed + fine-tune ({structured['settings']['fine_tune']['epochs']} ep)")
-        ax.axhline(part2["dense_test_accuracy"], color="k", ls="--", lw=0.8, label="original")
+            ax.plot([r["params"] for r in removed],
+                    [r["validation_accuracy_fine_tuned"] for r in removed], "^-", color=filters,
+                    label="filters removed + fine-tuned")
+        ax.axhline(part2["dense"]["validation_accuracy"], color="k", ls="--", lw=0.8,
+                   label="original")
         ax.set_xscale("log")
-        ax.set(xlabel="non-zero weights (log scale)", ylabel="test accuracy")
-    fig, full, zoom = _zoom_panels(
-        f"Compression trade-off on one model, {dataset_name(part2)}", draw,
-        (part2["dense_test_accuracy"] - 0.12, part2["dense_test_accuracy"] + 0.015))
+        ax.set(xlabel="non-zero weights (log scale)", ylabel="validation accuracy")
+    dense = part2["dense"]["validation_accuracy"]
+    fig, full, zoom = _zoom_panels("Compression trade-off on one model", draw,
+                                   (dense - 0.10, dense + 0.015))
     for r in tuned or sweep:  # k labels once, on the zoomed panel's best curve
-        y = r.get("fine_tuned_test_accuracy") or r["test_accuracy"]
+        y = r.get("validation_accuracy_fine_tuned") or r["validation_accuracy_recalibrated"]
         zoom.annotate(f"k={r['k']}", (r["params"], y), fontsize=7, xytext=(-4, 6),
-                      textcoords="offset points", ha="right")
-    return _save_below(fig, full, path, ncol=4, bottom=0.14)
+                      textcoords="offset points", ha="right", color=tucker)
+    _footnote(fig, _settings_line(part2))
+    return _save_below(fig, full, path, ncol=3, bottom=0.16)
+
+
+FAMILY_NAMES = {"original": "original", "tucker": "Tucker-2 (k), fine-tuned",
+                "pruned": "weights pruned (share), fine-tuned",
+                "structured": "filters removed (share of FLOPs), fine-tuned",
+                "search": "searched for a latency budget"}
+PRECISION_MARKERS = {"float32": "o", "dynamic_int8": "s", "int8": "D"}
+
+
+def _point_label(row):
+    return {"tucker": f"k{row.get('k')}", "pruned": f"{100 * row.get('sparsity', 0):g}%",
+            "structured": f"−{100 * row.get('flops_reduction', 0):g}%",
+            "search": f"≤{row.get('budget', 0):g}"}.get(row["family"], "")
 
 
 def plot_deployment(results, path):
     """Part 4: test accuracy in LiteRT against latency (batch 1, 1 thread) and
-    against gzipped bytes, every model and precision; the float32 original
-    marked by a star and dotted lines. Colour: model family; marker: precision
-    (hollow: sparse-encoded); the label: k, the share of weights pruned or of
-    FLOPs removed."""
-    rows = results["models"]
-    colours = {"original": "k", "tucker": "C1", "pruned": "C0", "structured": "C2"}
-    markers = {"float32": "o", "dynamic_int8": "s", "int8": "D"}
-    fig, (time_ax, size_ax) = plt.subplots(1, 2, figsize=(13, 5.4), sharey=True)
-    panels = ((time_ax, lambda r: 1e3 * r["latency"]["1"]["median"] if "latency" in r else None,
+    against gzipped bytes, every model and precision of one run (one machine).
+    Colour: method; marker: precision (hollow: sparse-encoded); the points of
+    one method and precision joined; the float32 original a star."""
+    rows = [r for r in results["models"] if "latency" in r]
+    settings = results["settings"]
+    fig, (time_ax, size_ax) = plt.subplots(1, 2, figsize=(13, 5.6), sharey=True)
+    panels = ((time_ax, lambda r: 1e3 * r["latency"]["1"]["median"],
                "latency per image, batch 1, 1 thread (ms, log scale)"),
               (size_ax, lambda r: r["gzip_bytes"] / 1e6, "file size, gzipped (MB, log scale)"))
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["family"], row["precision"], row["sparse"]), []).append(row)
     for ax, x_of, xlabel in panels:
-        for row in rows:
-            x = x_of(row)
-            if x is None:
-                continue
-            colour = colours[row["family"]]
-            original = row["family"] == "original" and row["precision"] == "float32"
-            ax.plot(x, row["test_accuracy"], "*" if original else markers[row["precision"]],
-                    ms=14 if original else 6, color=colour,
-                    mfc="white" if row["sparse"] else colour)
-            label = {"tucker": f"k{row.get('k')}",
-                     "pruned": f"{100 * row.get('sparsity', 0):g}%",
-                     "structured": f"-{100 * row.get('flops_reduction', 0):g}%"
-                     }.get(row["family"], "")
-            if label:
-                ax.annotate(label, (x, row["test_accuracy"]), fontsize=6, color=colour,
-                            xytext=(3, 3), textcoords="offset points")
-            if original:
-                ax.axvline(x, color="k", ls=":", lw=0.8)
-                ax.axhline(row["test_accuracy"], color="k", ls=":", lw=0.8)
+        for (family, precision, sparse), members in groups.items():
+            colour = METHOD_COLOURS[family]
+            members = sorted(members, key=x_of)
+            star = family == "original" and precision == "float32"
+            ax.plot([x_of(r) for r in members], [r["test_accuracy"] for r in members],
+                    ("*" if star else PRECISION_MARKERS[precision]) + ("" if star else "-"),
+                    ms=15 if star else 6, lw=0.8, color=colour,
+                    mfc="white" if sparse else colour, zorder=3 if star else 2)
+            if ax is time_ax and precision == "int8" and not sparse:
+                for i, row in enumerate(members):  # labels on one series, alternating sides
+                    label = _point_label(row)
+                    if label:
+                        ax.annotate(label, (x_of(row), row["test_accuracy"]), fontsize=7,
+                                    color=colour, xytext=(4, 5 if i % 2 else -10),
+                                    textcoords="offset points")
+            if star:
+                ax.axvline(x_of(members[0]), color="k", ls=":", lw=0.8)
+                ax.axhline(members[0]["test_accuracy"], color="k", ls=":", lw=0.8)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
@@ -347,85 +428,177 @@ def plot_deployment(results, path):
     families = {row["family"] for row in rows}
     handles = [plt.Line2D([], [], ls="", marker="*", ms=12, color="k",
                           label="original, float32 (dotted lines)")]
-    handles += [plt.Line2D([], [], ls="", marker="o", color=colours[family], label=name)
-                for family, name in (("original", "original"),
-                                     ("tucker", "Tucker-2 (k), fine-tuned"),
-                                     ("pruned", "weights pruned (share), fine-tuned"),
-                                     ("structured", "filters removed (share of FLOPs), "
-                                                    "fine-tuned")) if family in families]
+    handles += [plt.Line2D([], [], ls="-", marker="o", color=METHOD_COLOURS[family],
+                           label=name) for family, name in FAMILY_NAMES.items()
+                if family in families and family != "original"]
     handles += [plt.Line2D([], [], ls="", marker=m, color="grey", label=p)
-                for p, m in markers.items()]
+                for p, m in PRECISION_MARKERS.items()]
     if any(row["sparse"] for row in rows):
         handles.append(plt.Line2D([], [], ls="", marker="o", color="grey", mfc="white",
                                   label="sparse-encoded (hollow)"))
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    timing = results.get("timing", {})
-    fig.suptitle(f"Deployed in LiteRT (XNNPACK, {timing.get('images', '?')} images x "
-                 f"{timing.get('repeats', '?')} interleaved rounds), {dataset_name(results)}")
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    timing = settings["timing"]
+    fig.suptitle(f"Deployed in LiteRT on {machine_label(settings['machine'])} (XNNPACK; labels on "
+                 "the int8 points)")
+    _footnote(fig, f"{timing['images']} validation images x {timing['repeats']} interleaved "
+                   f"rounds per flatbuffer; accuracy on all test images; "
+                   f"{_settings_line(results)}")
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def plot_structured(run, part3_runs, part4_runs, path):
-    """Part 2, structured: test accuracy against measured time, in Keras (batch
-    256) and in LiteRT (batch 1, 1 thread), for filters removed and
-    fine-tuned, beside Tucker-2 k = 1..8 (Part 3's Keras times; Part 4's LiteRT
-    float32 times) and unstructured pruning (Part 4's LiteRT times; in Keras
-    a pruned model runs at dense speed)."""
-    rows = sorted((r for r in run["finetuned"] if "keras_time_ratio" in r),
+def plot_structured(run, keras_timing, litert_timing, path):
+    """Part 2, structured: test accuracy of each fine-tuned filter-removed
+    model against its time relative to the original, in Keras (batch 256)
+    and in LiteRT (float32, batch 1, 1 thread), both timings of one machine."""
+    if keras_timing["label"] != litert_timing["label"]:
+        raise ValueError("the two timings are of different machines: "
+                         f"{keras_timing['label']} and {litert_timing['label']}")
+    rows = sorted((r for r in run["finetuned"] if r.get("test_accuracy") is not None),
                   key=lambda r: r["flops_reduction"])
     fig, (keras_ax, litert_ax) = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-    dense = run["dense_test_accuracy"]
-    tucker = sorted((r for p3 in part3_runs[:1] for r in p3["sweep"]
-                     if r.get("fine_tuned_test_accuracy") and r.get("time_ratio")),
-                    key=lambda r: r["k"])
-    litert = [r for p4 in part4_runs[:1] for r in p4.get("models", [])
-              if r["precision"] == "float32" and not r["sparse"] and "time_ratio" in r]
-    for ax, x_of, title in ((keras_ax, lambda r: r["keras_time_ratio"],
-                             "Keras/TensorFlow, batch 256"),
-                            (litert_ax, lambda r: r["litert_time_ratio"]["1"],
-                             "LiteRT float32, batch 1, 1 thread")):
-        ax.plot([x_of(r) for r in rows], [r["test_accuracy_after"] for r in rows], "o-",
-                color="C2", label="filters removed + fine-tuned")
-        for r in rows:
-            ax.annotate(f"-{r['flops_reduction']:.0%} FLOPs", (x_of(r), r["test_accuracy_after"]),
-                        fontsize=7, xytext=(4, -10), textcoords="offset points", color="C2")
-        ax.plot(1, dense, "k*", ms=12, label="original")
-        ax.axhline(dense, color="k", ls=":", lw=0.8)
-        ax.set(xlabel="time relative to the original (median of interleaved rounds)", title=title)
+    original = run["original"]["test_accuracy"]
+    colour = METHOD_COLOURS["structured"]
+    for ax, block, title in ((keras_ax, keras_timing, "Keras/TensorFlow, batch 256"),
+                             (litert_ax, litert_timing, "LiteRT float32, batch 1, 1 thread")):
+        points = [(block["models"][f"-{100 * r['flops_reduction']:g}%"]["ratio"],
+                   r["test_accuracy"], r) for r in rows
+                  if f"-{100 * r['flops_reduction']:g}%" in block["models"]]
+        ax.plot([p[0] for p in points], [p[1] for p in points], "^-", color=colour,
+                label="filters removed + fine-tuned")
+        for x, y, r in points:
+            ax.annotate(f"−{100 * r['flops_reduction']:g}% FLOPs", (x, y), fontsize=7,
+                        xytext=(5, -3), textcoords="offset points", color=colour)
+        ax.plot(1, original, "k*", ms=12, label="original")
+        ax.axhline(original, color="k", ls=":", lw=0.8)
+        ax.set(xlabel="time relative to the original (median of interleaved rounds)",
+               title=title, xlim=(0, 1.1))
         ax.grid(alpha=0.3)
-    if tucker:
-        keras_ax.plot([r["time_ratio"] for r in tucker],
-                      [r["fine_tuned_test_accuracy"] for r in tucker], "s--", color="C1",
-                      label="Tucker-2 k = 1..8 + fine-tuned (Part 3's timing)")
-    tucker_lite = sorted((r for r in litert if r["family"] == "tucker"), key=lambda r: r["k"])
-    if tucker_lite:
-        litert_ax.plot([r["time_ratio"]["1"] for r in tucker_lite],
-                       [r["test_accuracy"] for r in tucker_lite], "s--", color="C1",
-                       label="Tucker-2 + fine-tuned (Part 4's timing)")
-    pruned = sorted((r for r in litert if r["family"] == "pruned"), key=lambda r: r["sparsity"])
-    if pruned:
-        litert_ax.plot([r["time_ratio"]["1"] for r in pruned], [r["test_accuracy"] for r in pruned],
-                       "D:", color="C0", label="weights pruned + fine-tuned (Part 4's timing)")
-    for ax, rows_k in ((keras_ax, tucker), (litert_ax, tucker_lite)):
-        for r in rows_k:
-            y = r.get("fine_tuned_test_accuracy") or r["test_accuracy"]
-            x = r["time_ratio"]["1"] if isinstance(r["time_ratio"], dict) else r["time_ratio"]
-            ax.annotate(f"k={r['k']}", (x, y), fontsize=7, xytext=(3, 4),
-                        textcoords="offset points", color="C1")
     keras_ax.set(ylabel="test accuracy")
     _percent(keras_ax)
-    handles, labels = [], []
-    for ax in (keras_ax, litert_ax):
-        for h, label in zip(*ax.get_legend_handles_labels()):
-            if label not in labels:
-                handles.append(h)
-                labels.append(label)
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.suptitle(f"Accuracy against measured time, {dataset_name(run)}")
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    fig.suptitle(f"Filters removed: accuracy against measured time on {keras_timing['label']}")
+    _footnote(fig, _settings_line(run))
+    return _save_below(fig, keras_ax, path, ncol=2, bottom=0.12)
+
+
+def plot_budget_front(run, part4, path):
+    """Part 5: test accuracy against measured latency (LiteRT, batch 1, 1
+    thread, as a share of the float32 reference's) of the searched front and
+    of every single method, one machine. With `part4` (a Part 4 run of the same
+    reference on the same machine) every point comes from its one timing run,
+    the searched models included; without, the search's own timing alone."""
+    fig, ax = plt.subplots(figsize=(9, 5.6))
+    front = sorted((r for r in run["front"] if "latency" in r), key=lambda r: r["budget"])
+    part4_rows = [r for r in (part4 or {}).get("models", []) if "latency" in r
+                  and not r["sparse"] and r["precision"] in ("float32", "int8")]
+    searched = [r for r in part4_rows if r["family"] == "search"
+                and r["precision"] == run["front"][0]["precision"]]
+    if searched:
+        points = sorted(((r["latency"]["1"]["ratio"], r["test_accuracy"], f"≤{r['budget']:g}")
+                         for r in searched))
+        source = "all points: Part 4's one interleaved timing run"
+    else:
+        points = [(r["latency"]["ratio"], r["test_accuracy"], f"≤{r['budget']:g}")
+                  for r in front]
+        source = "the search's own timing run (run part4_deploy.py for the single methods)"
+    colour = METHOD_COLOURS["search"]
+    ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color=colour, lw=2, ms=7,
+            label=f"searched per layer ({run['front'][0]['precision']}), fine-tuned")
+    for i, (x, y, text) in enumerate(points):
+        ax.annotate(text, (x, y), fontsize=7, color=colour, xytext=(4, 6 if i % 2 else -11),
+                    textcoords="offset points")
+    for family in ("tucker", "structured", "pruned"):
+        for precision, ls, mfc in (("float32", ":", "white"), ("int8", "--", None)):
+            rows = sorted((r for r in part4_rows if r["family"] == family
+                           and r["precision"] == precision), key=lambda r: r["latency"]["1"]["ratio"])
+            if not rows:
+                continue
+            ax.plot([r["latency"]["1"]["ratio"] for r in rows],
+                    [r["test_accuracy"] for r in rows], PRECISION_MARKERS[precision] + ls,
+                    color=METHOD_COLOURS[family], mfc=mfc or METHOD_COLOURS[family], ms=5,
+                    label=f"{FAMILY_NAMES[family]}, {precision}")
+            for r in rows:
+                ax.annotate(_point_label(r), (r["latency"]["1"]["ratio"], r["test_accuracy"]),
+                            fontsize=6, color=METHOD_COLOURS[family], xytext=(3, -9),
+                            textcoords="offset points")
+    originals = {r["precision"]: r for r in part4_rows if r["family"] == "original"}
+    if originals:
+        base = originals["float32"]["test_accuracy"]
+        for precision, r in originals.items():
+            ax.plot(r["latency"]["1"]["ratio"], r["test_accuracy"],
+                    "*" if precision == "float32" else "P", ms=13 if precision == "float32"
+                    else 9, color="k", ls="", label=f"original, {precision}")
+        ax.axhspan(base - 0.01, base, color="C2", alpha=0.12, label="within 1 point")
+        ax.axhspan(base - 0.015, base - 0.01, color="C8", alpha=0.12, label="within 1.5 points")
+        ax.set_ylim(base - 0.06, base + 0.01)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set(xlabel="latency relative to the float32 original (LiteRT, batch 1, 1 thread; log)",
+           ylabel="test accuracy (LiteRT)",
+           title=f"Most accurate model per latency budget on "
+                 f"{machine_label(run['settings']['machine'])}")
+    _percent(ax)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _footnote(fig, f"{source}; {_settings_line(run)}")
+    return _save(fig, path)
+
+
+def plot_budget_choices(run, path):
+    """Part 5: what the search chose in each conv, per budget: the share of
+    filters kept (colour) and the Tucker-2 rank share (text)."""
+    front = sorted(run["front"], key=lambda r: -r["budget"])
+    convs = list(front[0]["layers"])
+    keep = [[row["layers"][c]["keep"] for c in convs] for row in front]
+    fig, ax = plt.subplots(figsize=(1.4 * len(convs) + 2.5, 0.55 * len(front) + 2))
+    image = ax.imshow(keep, cmap="Greens", vmin=0, vmax=1, aspect="auto")
+    for i, row in enumerate(front):
+        for j, conv in enumerate(convs):
+            layer = row["layers"][conv]
+            text = f"{layer['widths'][1]} filters" + (
+                "" if layer["rank"] is None else f"\nTucker {layer['rank']:g}")
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="white" if layer["keep"] > 0.6 else "black")
+    ax.set_xticks(range(len(convs)), convs, fontsize=8, rotation=20)
+    ax.set_yticks(range(len(front)), [f"≤ {r['budget']:g}" for r in front], fontsize=8)
+    ax.set(xlabel="conv layer (input side first)", ylabel="latency budget",
+           title=f"Choices per layer ({front[0]['precision']}), "
+                 f"{machine_label(run['settings']['machine'])}")
+    fig.colorbar(image, ax=ax, label="share of filters kept", shrink=0.8)
+    _footnote(fig, _settings_line(run))
+    return _save(fig, path)
+
+
+def plot_latency_prediction(run, path):
+    """Part 5: whole-model latency measured end to end against the sum of its
+    blocks' latencies: the models the line was fitted to, and the screened
+    candidates (measured on fewer images)."""
+    line = run["calibration"]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    x = [1e6 * p["predicted"] for p in line["points"]]
+    y = [1e6 * p["measured"] for p in line["points"]]
+    ax.plot(x, y, "o", color=METHOD_COLOURS["search"], label="whole models (the fit)")
+    base = 1e6 * run["precision"]["float32"]["median"]
+    candidates = run.get("candidates", [])
+    if candidates:
+        slope, intercept = line["slope"], 1e6 * line["intercept"]
+        ax.plot([(base * c["predicted_ratio"] - intercept) / slope for c in candidates],
+                [base * c["ratio"] for c in candidates], "x", color="k",
+                label="screened candidates")
+    top = 1.05 * max(x + y)
+    ax.plot([0, top], [0, top], "k:", lw=0.8, label="measured = sum")
+    ax.plot([0, top], [line["intercept"] * 1e6, line["intercept"] * 1e6 + line["slope"] * top],
+            "--", color="grey", label=f"fit: {line['slope']:.2f} × sum + "
+                                      f"{1e6 * line['intercept']:.0f} µs")
+    ax.set(xlabel="sum of the blocks' latencies (µs)", ylabel="measured end to end (µs)",
+           xlim=(0, top), ylim=(0, top),
+           title=f"Predicting latency from blocks, R² = {line['r2']:.3f}\n"
+                 f"{machine_label(run['settings']['machine'], 1)}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _footnote(fig, _settings_line(run))
+    return _save(fig, path)

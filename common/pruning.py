@@ -14,6 +14,7 @@ import numpy as np
 from keras import layers
 from numpy.lib.stride_tricks import sliding_window_view
 
+from common import training
 from common.models import leaf_layers
 
 
@@ -218,8 +219,12 @@ class GradualPruning(KeepPruned):
                                   self.sparsity_at(step))
 
     def on_train_begin(self, logs=None):
-        self._choose_masks(int(self.model.optimizer.iterations))
-        super().on_train_begin(logs)
+        self.masks = None  # chosen at the first step: a resumed fit restores weights first
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.masks is None:
+            self._choose_masks(int(self.model.optimizer.iterations))
+            apply_masks(self.model, self.masks)
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations)
@@ -265,3 +270,26 @@ def model_sizes(model, path):
             "gzip_bytes": len(gzip.compress(raw, compresslevel=9)),
             "sparse_bytes": sparse_bytes(model)}
 
+
+
+def fine_tune_pruned(model, teacher, sparsity, train, validation, recipe, gradual, seed=0,
+                     backup_dir=None):
+    """Fine-tune `model` (in place) while pruning it gradually to `sparsity`
+    (global magnitude): from `1 - gradual["start_kept_factor"] * (1 - sparsity)`
+    to the final masks over `gradual["ramp_epochs"]`, re-chosen every
+    `gradual["mask_every"]` steps, then with the masks fixed; distilling from
+    `teacher` with `recipe` (see `training.fine_tune`). The batch norms are
+    re-estimated on 10,000 training images at the starting masks. With a
+    `backup_dir`, an interrupted call resumes (see `training.fine_tune`).
+
+    Returns the per-epoch records.
+    """
+    start = max(0.0, 1 - gradual["start_kept_factor"] * (1 - sparsity))
+    steps_per_epoch = -(-len(train[0]) // recipe["batch_size"])
+    schedule = GradualPruning(list(kernels_of(model)), sparsity,
+                              round(gradual["ramp_epochs"] * steps_per_epoch),
+                              initial_sparsity=start, every=gradual["mask_every"])
+    apply_masks(model, global_masks(kernels_of(model), start))
+    training.recalibrate_batchnorm(model, train[0][:10_000])
+    return training.fine_tune(model, train, validation, teacher=teacher, seed=seed,
+                              callbacks=[schedule], backup_dir=backup_dir, **recipe)

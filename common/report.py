@@ -16,6 +16,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common.cli import REPO_ROOT, Parser, run_main  # noqa: E402
+from common import machine  # noqa: E402
 from common.results import ResultsStore, read_json, settings_label  # noqa: E402
 
 
@@ -62,34 +63,40 @@ def reference_table(info):
     return "\n".join(rows)
 
 
-def part3_table(part3):
-    """Accuracy, size and speed of each k against the original, with the study's k = 4."""
+def part3_table(part3, timing=None):
+    """Accuracy, size and speed of each k against the original (validation at
+    each stage, test of the fine-tuned model), with the study's k = 4; times
+    from one timing block (one machine), rows it did not time marked."""
     original = part3["original"]
-    rows = ["| k | ranks (first layer) | test acc. | batch norm re-estimated | after fine-tune "
-            "| params | FLOPs ratio | time ratio (median) | time min–max (s) |",
+    times = (timing or {}).get("models", {})
+    head = f"time ratio ({timing['label']})" if timing else "time ratio"
+    rows = [f"| k | ranks (first layer) | validation: decomposed | batch norm re-estimated "
+            f"| fine-tuned | test (fine-tuned) | params | FLOPs ratio | {head} |",
             "|---|---|---|---|---|---|---|---|---|"]
-    rows.append(f"| original | | {_pct(original['test_accuracy'])} | | | {original['params']:,} | 1 | 1 "
-                f"| {original['forward_seconds']['min']:.2f}–{original['forward_seconds']['max']:.2f} |")
-    for row in part3["sweep"]:
+    rows.append(f"| original | | {_pct(original['validation_accuracy'])} | | "
+                f"| {_pct(original.get('test_accuracy'))} | {original['params']:,} | 1 | 1 |")
+    for row in sorted(part3["sweep"], key=lambda r: r["k"]):
         first = next(iter(row["ranks"].values()))
-        time = row["forward_seconds"]  # part3_tucker.py times every row of the sweep
+        time = times.get(f"k{row['k']}")
+        ratio = "not timed" if time is None else f"{time['ratio']:.3f}"
         rows.append(
-            f"| {row['k']} | {first[0]}, {first[1]} | {_pct(row['test_accuracy'])} "
-            f"| {_pct(row.get('test_accuracy_recalibrated'))} "
-            f"| {_pct(row.get('fine_tuned_test_accuracy'))} | {row['params']:,} "
-            f"| {row['flops_ratio']:.3f} | {row['time_ratio']:.3f} "
-            f"| {time['min']:.2f}–{time['max']:.2f} |")
-    rows.append("| study, k = 4 | | 88.02% (original ~90%) | | | | | 0.77 | |")
+            f"| {row['k']} | {first[0]}, {first[1]} | {_pct(row['validation_accuracy'])} "
+            f"| {_pct(row['validation_accuracy_recalibrated'])} "
+            f"| {_pct(row.get('validation_accuracy_fine_tuned'))} "
+            f"| {_pct(row.get('test_accuracy'))} | {row['params']:,} "
+            f"| {row['flops'] / original['flops']:.3f} "
+            f"| {ratio} |")
+    rows.append("| study, k = 4 | | | | | 88.02% (original ~90%) | | | 0.77 |")
     return "\n".join(rows)
 
 
 def part2_sensitivity_table(part2, rates=(0.5, 0.8, 0.9, 0.95, 0.99)):
-    """Test accuracy with one layer pruned at a few rates, layers in depth order."""
+    """Validation accuracy with one layer pruned at a few rates, layers in depth order."""
     rows = ["| # | layer (kernel shape) | " + " | ".join(f"{100 * r:g}%" for r in rates) + " |",
             "|---|---|" + "---|" * len(rates)]
     layers = sorted(part2["layer_sensitivity"].items(), key=lambda item: item[1]["index"])
     for name, curve in layers:
-        accuracy = dict(zip(curve["prune_rates"], curve["test_accuracy"]))
+        accuracy = dict(zip(curve["prune_rates"], curve["validation_accuracy"]))
         rows.append(f"| {curve['index']} | {name} {tuple(curve['shape'])} | "
                     + " | ".join(f"{100 * accuracy[r]:.1f}%" if r in accuracy else "—"
                                  for r in rates) + " |")
@@ -97,14 +104,13 @@ def part2_sensitivity_table(part2, rates=(0.5, 0.8, 0.9, 0.95, 0.99)):
 
 
 def part2_sparsity_table(part2, sparsities=(0.5, 0.7, 0.8, 0.9, 0.95)):
-    """One global threshold vs the same rate in every layer, without retraining."""
+    """One global threshold vs the same rate in every layer, without retraining
+    (validation accuracy)."""
     rows = ["| weights pruned overall | " + " | ".join(f"{100 * s:g}%" for s in sparsities) + " |",
             "|---|" + "---|" * len(sparsities)]
     for kind, label in (("global", "one global threshold"), ("uniform", "same rate in every layer")):
-        for key, suffix in (("test_accuracy", ""),
-                            ("test_accuracy_recalibrated", ", batch norm re-estimated")):
-            if key not in part2[kind]:
-                continue
+        for key, suffix in (("validation_accuracy", ""),
+                            ("validation_accuracy_recalibrated", ", batch norm re-estimated")):
             accuracy = dict(zip(part2[kind]["sparsity"], part2[kind][key]))
             rows.append(f"| {label}{suffix} | " + " | ".join(
                 f"{100 * accuracy[s]:.1f}%" if s in accuracy else "—" for s in sparsities) + " |")
@@ -119,129 +125,189 @@ def part2_tables(part2):
     if part2.get("global") and part2.get("uniform"):
         out += [part2_sparsity_table(part2), ""]
     if part2.get("finetune"):
-        out += ["| sparsity (global) | pruned | batch norm re-estimated | refit by least squares "
-                "(no training) | fine-tuned | .keras | gzip | sparse format | sparse × smaller |",
-                "|---|---|---|---|---|---|---|---|---|"]
-        dense = part2["dense_sizes"]
-        out.append(f"| 0 (dense) | {_pct(part2['dense_test_accuracy'])} | | | | "
-                   f"{dense['keras_bytes'] / 1e6:.2f} MB | {dense['gzip_bytes'] / 1e6:.2f} MB "
-                   f"| {dense['sparse_bytes'] / 1e6:.2f} MB | {dense['keras_bytes'] / dense['sparse_bytes']:.2f} |")
-        for row in part2["finetune"]:
-            out.append(f"| {100 * row['sparsity']:.0f}% | {_pct(row['test_accuracy_before'])} "
-                       f"| {_pct(row.get('test_accuracy_recalibrated'))} "
-                       f"| {_pct(row.get('test_accuracy_refitted'))} "
-                       f"| {_pct(row['test_accuracy_after'])} | {row['keras_bytes'] / 1e6:.2f} MB "
+        out += ["| sparsity (global) | validation: pruned | batch norm re-estimated "
+                "| refit by least squares (no training) | fine-tuned | test (fine-tuned) "
+                "| .keras | gzip | sparse format | sparse × smaller |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        dense = part2["dense"]
+        sizes = dense["sizes"]
+        out.append(f"| 0 (dense) | {_pct(dense['validation_accuracy'])} | | | "
+                   f"| {_pct(dense.get('test_accuracy'))} "
+                   f"| {sizes['keras_bytes'] / 1e6:.2f} MB | {sizes['gzip_bytes'] / 1e6:.2f} MB "
+                   f"| {sizes['sparse_bytes'] / 1e6:.2f} MB "
+                   f"| {sizes['keras_bytes'] / sizes['sparse_bytes']:.2f} |")
+        for row in sorted(part2["finetune"], key=lambda r: r["sparsity"]):
+            out.append(f"| {100 * row['sparsity']:g}% | {_pct(row['validation_accuracy_pruned'])} "
+                       f"| {_pct(row['validation_accuracy_recalibrated'])} "
+                       f"| {_pct(row['validation_accuracy_refitted'])} "
+                       f"| {_pct(row['validation_accuracy_fine_tuned'])} "
+                       f"| {_pct(row.get('test_accuracy'))} | {row['keras_bytes'] / 1e6:.2f} MB "
                        f"| {row['gzip_bytes'] / 1e6:.2f} MB | {row['sparse_bytes'] / 1e6:.2f} MB "
-                       f"| {dense['keras_bytes'] / row['sparse_bytes']:.2f} |")
+                       f"| {sizes['keras_bytes'] / row['sparse_bytes']:.2f} |")
     return "\n".join(out)
 
 
 def part2_structured_tables(run):
-    """Every criterion x allocation per FLOPs reduction (no training), then the
-    fine-tuned best of each with its measured time."""
-    out = ["| FLOPs removed | criterion | allocation | pruned | batch norm re-estimated "
-           "| held-out training images |", "|---|---|---|---|---|---|"]
+    """Every criterion x allocation per FLOPs reduction (no training, on the
+    validation split), then the fine-tuned best of each: its accuracy and its
+    time on this machine (rows it did not time marked)."""
+    out = ["| FLOPs removed | criterion | allocation | validation: pruned "
+           "| batch norm re-estimated |", "|---|---|---|---|---|"]
     for row in sorted(run.get("candidates", []), key=lambda r: (
             r["flops_reduction"], r["criterion"], r["allocation"])):
         out.append(f"| {100 * row['flops_reduction']:g}% | {row['criterion']} | "
-                   f"{row['allocation']} | {_pct(row['test_accuracy'])} "
-                   f"| {_pct(row['test_accuracy_recalibrated'])} "
-                   f"| {_pct(row['selection_accuracy'])} |")
+                   f"{row['allocation']} | {_pct(row['validation_accuracy'])} "
+                   f"| {_pct(row['validation_accuracy_recalibrated'])} |")
     tuned = sorted(run.get("finetuned", []), key=lambda r: r["flops_reduction"])
-    if tuned:
-        out += ["", "| FLOPs removed | chosen | params | FLOPs ratio | fine-tuned "
-                "| vs dense | Keras time ratio (batch 256) | LiteRT, 1 thread | 2 threads |",
-                "|---|---|---|---|---|---|---|---|---|"]
-        for row in tuned:
-            timed = "keras_time_ratio" in row
-            out.append(
-                f"| {100 * row['flops_reduction']:g}% | {row['criterion']}, {row['allocation']} "
-                f"| {row['params']:,} | {row['flops_ratio']:.3f} "
-                f"| {_pct(row['test_accuracy_after'])} "
-                f"| {100 * (row['test_accuracy_after'] - run['dense_test_accuracy']):+.2f} "
-                + (f"| {row['keras_time_ratio']:.3f} | {row['litert_time_ratio']['1']:.3f} "
-                   f"| {row['litert_time_ratio']['2']:.3f} |" if timed else "| — | — | — |"))
+    if not tuned:
+        return "\n".join(out)
+    keras_block = machine.this_machine(run.get("keras_timings")) or {}
+    litert_block = machine.this_machine(run.get("litert_timings")) or {}
+    label = keras_block.get("label") or litert_block.get("label") or "not timed here"
+    original = run["original"]
+    out += ["", f"| FLOPs removed | chosen | params | FLOPs ratio | validation, fine-tuned "
+            f"| test | vs original | Keras time ratio ({label}) | LiteRT float32, 1 thread |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for row in tuned:
+        name = f"-{100 * row['flops_reduction']:g}%"
+        times = [(block.get("models") or {}).get(name) for block in (keras_block, litert_block)]
+        test = row.get("test_accuracy")
+        out.append(
+            f"| {100 * row['flops_reduction']:g}% | {row['criterion']}, {row['allocation']} "
+            f"| {row['params']:,} | {row['flops_ratio']:.3f} "
+            f"| {_pct(row['validation_accuracy_fine_tuned'])} | {_pct(test)} "
+            f"| {_points(test, original.get('test_accuracy'))} | "
+            + " | ".join("not timed" if t is None else f"{t['ratio']:.3f}" for t in times) + " |")
     return "\n".join(out)
 
 
+def _points(value, reference):
+    """The difference in percentage points, signed; a dash without both."""
+    return "—" if value is None or reference is None else f"{100 * (value - reference):+.2f}"
+
+
 def _part4_label(row):
-    """"Tucker k = 4", "pruned 90%", "filters removed, −50% FLOPs" or "original"."""
+    """"Tucker k = 4", "pruned 90%", "filters removed, −50% FLOPs", "searched, budget
+    0.1" or "original"."""
     if row["family"] == "tucker":
         return f"Tucker k = {row['k']}"
     if row["family"] == "pruned":
         return f"pruned {100 * row['sparsity']:g}%"
     if row["family"] == "structured":
         return f"filters removed, −{100 * row['flops_reduction']:g}% FLOPs"
+    if row["family"] == "search":
+        return f"searched for {row['budget']:g} of the time"
     return "original"
 
 
 def _part4_rows(part4):
     """Rows in reading order: family, then k or sparsity, then precision."""
-    order = {"original": 0, "tucker": 1, "pruned": 2, "structured": 3}
+    order = {"original": 0, "tucker": 1, "pruned": 2, "structured": 3, "search": 4}
     precisions = ("float32", "dynamic_int8", "int8")
     return sorted(part4.get("models", []), key=lambda r: (
         order[r["family"]], r.get("k", 0), r.get("sparsity", 0), r.get("flops_reduction", 0),
-        r["sparse"],
-        precisions.index(r["precision"])))
+        r.get("budget", 0), r["sparse"], precisions.index(r["precision"])))
 
 
 def part4_table(part4):
-    """Accuracy, LiteRT latency and bytes of every flatbuffer, with Keras' numbers."""
+    """Accuracy, LiteRT latency and bytes of every flatbuffer (one run: one machine)."""
     rows = ["| model | precision | test acc. (LiteRT) | in Keras | ms/image, 1 thread (min–max) "
-            "| time ratio, 1 thread | 2 threads | Keras time ratio (batch 256) | bytes | gzipped |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "| time ratio, 1 thread | 2 threads | bytes | gzipped |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for row in _part4_rows(part4):
-        latency, ratio = row.get("latency", {}).get("1"), row.get("time_ratio", {})
-        # Keras' time belongs to the Keras model: shown on its float32 row
-        keras_ratio = row.get("keras_time_ratio") if row["precision"] == "float32" \
-            and not row["sparse"] else None
+        latency = row.get("latency", {})
+        one = latency.get("1")
         rows.append(
             f"| {_part4_label(row)} | {row['precision']}{' sparse' if row['sparse'] else ''}"
             f"{'' if row.get('delegate', 'XNNPACK') == 'XNNPACK' else ' (no XNNPACK)'} "
             f"| {_pct(row['test_accuracy'])} | {_pct(row.get('keras_test_accuracy'))} "
-            + (f"| {1e3 * latency['median']:.3f} ({1e3 * latency['min']:.3f}–"
-               f"{1e3 * latency['max']:.3f}) | {ratio['1']:.2f} | {ratio['2']:.2f} "
-               if latency else "| — | — | — ")
-            + f"| {'—' if keras_ratio is None else f'{keras_ratio:.2f}'} "
-            f"| {row['bytes']:,} | {row['gzip_bytes']:,} |")
+            + (f"| {1e3 * one['median']:.3f} ({1e3 * one['min']:.3f}–{1e3 * one['max']:.3f}) "
+               f"| {one['ratio']:.3f} | {latency['2']['ratio']:.3f} " if one
+               else "| not timed | | ")
+            + f"| {row['bytes']:,} | {row['gzip_bytes']:,} |")
+    overhead = part4.get("timing", {}).get("call_overhead", {}).get("1")
+    if overhead:
+        rows.append(f"\nPer-call overhead of the interpreter's Python side (a one-multiply "
+                    f"model, timed with the others): {1e6 * overhead['median']:.1f} µs.")
     return "\n".join(rows)
 
 
 def part4_targets(part4):
-    """Part 4's targets, each with what was measured (LiteRT, 1 thread)."""
-    rows = {r["name"]: r for r in part4.get("models", []) if "time_ratio" in r}
+    """The latency-budget targets, each with what was measured (LiteRT, 1
+    thread, one run); the speed targets of the other kind of CPU marked as
+    such (they need that machine)."""
+    rows = {r["name"]: r for r in part4.get("models", []) if "latency" in r}
     original = rows.get("original float32")
     if original is None:
         return "targets: not measured (no timed float32 original)"
-    base, reference_keras_bytes = original["test_accuracy"], original["keras_bytes"]
+    base = original["test_accuracy"]
+    int8_cpu = machine.has_int8_dot_product(part4["settings"]["machine"])
+    lines = ["| target | best measured | met |", "|---|---|---|"]
 
-    def drop(row):
-        return f"{100 * (row['test_accuracy'] - base):+.2f} points"
-    lines = ["| target | measured | met |", "|---|---|---|"]
+    def fastest(within, precisions=None):
+        close = [r for r in rows.values() if r["test_accuracy"] >= base - within
+                 and (precisions is None or r["precision"] in precisions)]
+        return min(close, key=lambda r: r["latency"]["1"]["ratio"], default=None)
 
-    def add(target, row, measured, met):
-        lines.append(f"| {target} | " + (f"{row['name']}: {measured}, {drop(row)} | "
-                                          f"{'yes' if met else 'no'} |"
-                                          if row else "not measured | — |"))
-    k4 = rows.get("tucker_k4 float32")
-    add("Tucker k = 4 float32: time ≤ 0.45 of the original's, within 1 point", k4,
-        k4 and f"time ×{k4['time_ratio']['1']:.3f}",
-        k4 and k4["time_ratio"]["1"] <= 0.45 and k4["test_accuracy"] >= base - 0.01)
-    int8 = rows.get("original int8")
-    add("original in full int8: time ≤ 0.35, within 0.5 point", int8,
-        int8 and f"time ×{int8['time_ratio']['1']:.3f}",
-        int8 and int8["time_ratio"]["1"] <= 0.35 and int8["test_accuracy"] >= base - 0.005)
-    close = [r for r in rows.values() if r["test_accuracy"] >= base - 0.015]
-    fastest = min((r for r in close if r["family"] != "original" and "int8" in r["precision"]),
-                  key=lambda r: r["time_ratio"]["1"], default=None)
-    add("best int8 compressed model within 1.5 points: ≥ 5× faster", fastest,
-        fastest and f"{1 / fastest['time_ratio']['1']:.2f}× faster",
-        fastest and 1 / fastest["time_ratio"]["1"] >= 5)
-    smallest = min(close, key=lambda r: r["gzip_bytes"], default=None)
-    add("smallest file within 1.5 points: ≥ 20× smaller (gzipped) than reference.keras",
-        smallest, smallest and f"{reference_keras_bytes / smallest['gzip_bytes']:.1f}× smaller "
-        f"({smallest['gzip_bytes']:,} B)",
-        smallest and reference_keras_bytes / smallest["gzip_bytes"] >= 20)
+    def speed(target, within, factor, applies, precisions=None):
+        row = fastest(within, precisions)
+        shown = "—" if row is None else (
+            f"{row['name']}: {1 / row['latency']['1']['ratio']:.2f}× faster, "
+            f"{_points(row['test_accuracy'], base)} points")
+        met = "—" if row is None else "yes" if 1 / row["latency"]["1"]["ratio"] >= factor \
+            else "no"
+        lines.append(f"| {target} | {shown} | {met if applies else 'other CPU: ' + met} |")
+    speed("int8 dot product: ≥ 10× faster within 1 point", 0.01, 10, int8_cpu)
+    speed("int8 dot product: ≥ 8× faster within 1.5 points", 0.015, 8, int8_cpu)
+    speed("AVX2 without VNNI: ≥ 4× faster within 1.5 points" + (
+        " (here: float32 models only, the speed of structure)" if int8_cpu else ""),
+        0.015, 4, not int8_cpu, ("float32",) if int8_cpu else None)
+    if original.get("keras_bytes"):
+        close = [r for r in rows.values() if r["test_accuracy"] >= base - 0.015]
+        smallest = min(close, key=lambda r: r["gzip_bytes"])
+        times = original["keras_bytes"] / smallest["gzip_bytes"]
+        lines.append(f"| smallest within 1.5 points: ≥ 35× smaller (gzipped) than "
+                     f"reference.keras | {smallest['name']}: {times:.1f}× "
+                     f"({smallest['gzip_bytes']:,} B), "
+                     f"{_points(smallest['test_accuracy'], base)} points "
+                     f"| {'yes' if times >= 35 else 'no'} |")
+    return "\n".join(lines)
+
+
+def _choice(layer):
+    """One conv's choice as a table cell: "75% (192 of 256), Tucker 1/2"."""
+    text = f"{100 * layer['keep']:g}%" + (f" ({layer['widths'][1]})" if layer["keep"] < 1 else "")
+    return text + ("" if layer["rank"] is None else f", Tucker {layer['rank']:g}")
+
+
+def part5_table(part5):
+    """The searched front (one machine): per budget, the measured latency,
+    accuracy and size; then each conv's choice per budget."""
+    front = sorted(part5.get("front", []), key=lambda r: -r["budget"])
+    if not front:
+        return "no budget searched yet"
+    label = machine.label(part5["settings"]["machine"], 1)
+    line = part5.get("calibration", {})
+    lines = [f"| budget | precision | predicted time | measured ({label}) | validation "
+             "| test | params | gzipped | fine-tune |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in front:
+        measured = "not timed" if "latency" not in row else f"{row['latency']['ratio']:.3f}"
+        tuned = "—" if row["fine_tune_seconds"] is None else \
+            f"{row['fine_tune_seconds'] / 60:.1f} min"
+        lines.append(
+            f"| {row['budget']:g} | {row['precision']} | {row['predicted_ratio']:.3f} "
+            f"| {measured} | {_pct(row['validation_accuracy'])} "
+            f"| {_pct(row.get('test_accuracy'))} | {row['params']:,} "
+            f"| {row['gzip_bytes']:,} B | {tuned} |")
+    convs = list(front[0]["layers"])
+    lines += ["", "| budget | " + " | ".join(convs) + " |", "|---|" + "---|" * len(convs)]
+    for row in front:
+        lines.append(f"| {row['budget']:g} | "
+                     + " | ".join(_choice(row["layers"][c]) for c in convs) + " |")
+    if line:
+        lines.append(f"\nLatency predicted from the blocks: {line['slope']:.3f} × sum + "
+                     f"{1e6 * line['intercept']:.1f} µs, R² = {line['r2']:.3f} over "
+                     f"{len(line['points'])} whole models.")
     return "\n".join(lines)
 
 
@@ -265,8 +331,10 @@ def main(argv=None):
               "part3": lambda run: [part3_table(run)] if run.get("sweep") else [],
               "part2": lambda run: [part2_tables(run)],
               "part2_structured": lambda run: [part2_structured_tables(run)],
-              "part4": lambda run: [part4_table(run), "", part4_targets(run)]
-              if run.get("models") else []}
+              "part4": lambda run: [f"LiteRT on {machine.label(run['settings']['machine'])}",
+                                    "", part4_table(run), "", part4_targets(run)]
+              if run.get("models") else [],
+              "part5_budget": lambda run: [part5_table(run)]}
     printed = 0
     for part, make in tables.items():
         path = os.path.join(args.output_dir, "results", f"{part}.json")

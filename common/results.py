@@ -7,11 +7,15 @@ limits, seed, recipe); a run with other settings is stored beside the others,
 never over them. Every change is a read-modify-write of one run under a file
 lock (`filelock`), written atomically (temporary file + rename), so that
 concurrent runs keep each other's rows and a kill at any moment leaves the old
-or the new file. The first run in a file is its primary run: its figures go
-to figures/, those of any other run to figures/run-<label>/.
+or the new file. The first run in a file is its primary run (see `common.runs`).
+
+Reading validates the file: its shape, then each part's rows against that
+part's schema (`check`), so that a damaged file stops a run with one line
+naming the file, the row and the key before anything is written.
 """
 
 import copy
+import datetime
 import hashlib
 import json
 import os
@@ -19,13 +23,14 @@ import platform
 import shutil
 import sys
 import tempfile
-import time
 
 import filelock
 
 # A writer holds the lock for one read + write of a file well under 1 MB;
 # 10 minutes of waiting means another process is stuck holding it.
 LOCK_TIMEOUT_S = 600
+# Results files of this suite are under 1 MB; anything far above is not one.
+MAX_BYTES = 64 * 2**20
 
 
 def write_json(path, obj):
@@ -50,8 +55,13 @@ def write_json(path, obj):
 def read_json(path):
     """The JSON value in `path`; ValueError naming the file for any problem."""
     try:
+        if os.path.getsize(path) > MAX_BYTES:
+            raise ValueError(f"{path}: {os.path.getsize(path):,} bytes, not a results "
+                             f"file of this suite (they are under {MAX_BYTES:,})")
         with open(path, encoding="utf-8") as f:
             return json.load(f)
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply, not a results file") from None
     except FileNotFoundError:
         raise ValueError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -70,12 +80,62 @@ def settings_label(settings):
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
+# ---- schemas: what a stored row must hold ------------------------------------
+# A schema is a type (or tuple of types) the value must be an instance of; a
+# dict {key: schema} (keys ending in "?" may be absent); a list [schema] of
+# items; `Map(schema)`, a dict of any keys; or `Nullable(schema)`.
+NUMBER = (int, float)
+
+
+class Map:
+    def __init__(self, schema):
+        self.schema = schema
+
+
+class Nullable:
+    def __init__(self, schema):
+        self.schema = schema
+
+
+def check(value, schema, where):
+    """Raise ValueError "<where>: ..." at the first place `value` breaks `schema`."""
+    if isinstance(schema, Nullable):
+        if value is not None:
+            check(value, schema.schema, where)
+    elif isinstance(schema, Map):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+        for key, item in value.items():
+            check(item, schema.schema, f"{where}.{key}")
+    elif isinstance(schema, dict):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+        for key, item_schema in schema.items():
+            name = key.rstrip("?")
+            if name in value:
+                check(value[name], item_schema, f"{where}.{name}")
+            elif not key.endswith("?"):
+                raise ValueError(f"{where}: missing {name!r}")
+    elif isinstance(schema, list):
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list, got {type(value).__name__}")
+        for i, item in enumerate(value):
+            check(item, schema[0], f"{where}[{i}]")
+    else:
+        types = schema if isinstance(schema, tuple) else (schema,)
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            names = " or ".join(t.__name__ for t in types)
+            raise ValueError(f"{where}: expected {names}, got {json.dumps(value)[:40]}")
+
+
 class ResultsStore:
     """One part's results file. Reading validates it: a file that is not a
-    results file of this suite raises ValueError naming it."""
+    results file of this suite, or a run that breaks `schema` (a dict
+    section -> schema, checked on each run), raises ValueError naming it."""
 
-    def __init__(self, path):
+    def __init__(self, path, schema=None):
         self.path = path
+        self.schema = schema or {}
         self._lock = filelock.FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT_S)
         self.runs()
 
@@ -90,6 +150,13 @@ class ResultsStore:
             raise ValueError(f"{self.path}: not a results file of this suite (expected "
                              '{"runs": [{"settings": ...}, ...]}); move it away or pass '
                              "another --output-dir")
+        for i, run in enumerate(runs):
+            try:
+                check(run, {f"{section}?": schema for section, schema in self.schema.items()},
+                      f"runs[{i}]")
+            except ValueError as err:
+                raise ValueError(f"{self.path}: damaged: {err}; restore it (git checkout, "
+                                 "or a .backup- file beside it) or move it away") from None
         return runs
 
     def find(self, settings):
@@ -121,25 +188,38 @@ class ResultsStore:
         """Store `value` as `run[section][key]` of the run with these settings."""
         return self.update(settings, lambda run: run.setdefault(section, {}).update({key: value}))
 
+    def upsert(self, settings, section, key, row):
+        """Store `row` in the list `run[section]` in place of the row with the
+        same `row[key]` (sorted by it). Returns the run as stored."""
+        return self.update(settings, lambda run: run.update(
+            {section: upsert(run.get(section, []), key, row)}))
+
     def backup(self):
-        """Copy the file beside itself with the time in its name (what --force
-        replaces is kept there); returns the copy's path, None without a file."""
+        """Copy the file beside itself under a name no other backup has
+        (results/<part>.backup-<time to the microsecond>[-n].json); returns
+        the copy's path, None without a file."""
         if not os.path.exists(self.path):
             return None
         stem, ext = os.path.splitext(self.path)
-        target = f"{stem}.backup-{time.strftime('%Y%m%dT%H%M%S')}{ext}"
+        stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S.%f")
         with self._lock:
-            shutil.copy2(self.path, target)
-        return target
+            for n in range(1000):
+                target = f"{stem}.backup-{stamp}{f'-{n}' if n else ''}{ext}"
+                try:
+                    with open(self.path, "rb") as source, open(target, "xb") as copy_:
+                        shutil.copyfileobj(source, copy_)
+                    return target
+                except FileExistsError:
+                    continue
+        raise ValueError(f"{self.path}: could not name a backup beside it")
 
-    def figures_dir(self, figures_root, settings):
-        """figures/ for the primary run, figures/run-<label>/ for any other (made)."""
-        runs = self.runs()
-        if not runs or runs[0]["settings"] == settings:
-            return figures_root
-        folder = os.path.join(figures_root, f"run-{settings_label(settings)}")
-        os.makedirs(folder, exist_ok=True)
-        return folder
+    def remove(self, settings):
+        """Delete the run with these settings (after a backup); returns the backup."""
+        backup = self.backup()
+        with self._lock:
+            runs = [run for run in self.runs() if run["settings"] != settings]
+            write_json(self.path, {"runs": runs})
+        return backup
 
 
 def _run_with(runs, settings):
@@ -164,11 +244,14 @@ def upsert(rows, key, row):
 
 
 def run_metadata(data_source=None):
-    """Versions (Keras' backend library's too) and data source, stored with every run."""
+    """Versions (Keras' backend library's too), the machine and the data
+    source, stored with every run when it is made."""
     import importlib
 
     import keras
     import numpy
+
+    from common import machine
 
     backend = keras.backend.backend()
     meta = {"python": platform.python_version(),
@@ -176,7 +259,7 @@ def run_metadata(data_source=None):
             "keras": keras.__version__,
             "numpy": numpy.__version__,
             "keras_backend": keras.backend.backend(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"}
+            "machine": machine.identity()}
     if data_source is not None:
         meta["data_source"] = data_source
     return meta
@@ -185,4 +268,4 @@ def run_metadata(data_source=None):
 def file_digest(path):
     """SHA-256 of a file: names the exact model a run was made from."""
     with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

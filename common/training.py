@@ -31,14 +31,19 @@ def _float_or_none(value):
 class EpochRecorder(keras.callbacks.Callback):
     """Turn each epoch's logs into a record and hand it to `on_record`.
 
+    `evaluated_on` names what fit's validation data is ("test" for Part 1's
+    steps 4-7, which plot test curves as the study does; "validation" for the
+    reference and every fine-tune): the record's keys are `<evaluated_on>_accuracy`
+    and `<evaluated_on>_loss`, None on epochs that skipped the evaluation.
+
     Put it before `BackupAndRestore` in the callback list: a kill between the
     two then leaves a record whose epoch is re-run (and its record replaced)
     on resume, never a backed-up epoch without a record.
     """
 
-    def __init__(self, on_record):
+    def __init__(self, on_record, evaluated_on="validation"):
         super().__init__()
-        self.on_record = on_record
+        self.on_record, self.evaluated_on = on_record, evaluated_on
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -48,33 +53,44 @@ class EpochRecorder(keras.callbacks.Callback):
             "epoch": epoch + 1,
             "train_accuracy": float(logs["accuracy"]),
             "train_loss": float(logs["loss"]),
-            # None on epochs that skipped the test evaluation (fit_resumable's test_every)
-            "test_accuracy": _float_or_none(logs.get("val_accuracy")),
-            "test_loss": _float_or_none(logs.get("val_loss")),
+            f"{self.evaluated_on}_accuracy": _float_or_none(logs.get("val_accuracy")),
+            f"{self.evaluated_on}_loss": _float_or_none(logs.get("val_loss")),
             "seconds": round(time.perf_counter() - self._start, 2),
         })
 
 
 class Progress(keras.callbacks.Callback):
-    """Keras' `Progbar` for each epoch, with the test metrics named test_*
-    (Keras calls them val_*): a bar with ETA in a terminal, one line per epoch
-    in a log. Used in place of fit's own printing (fit verbose=0)."""
+    """Keras' `Progbar` for each epoch, fit's val_* metrics named after what
+    they are measured on (`evaluated_on`): a bar with ETA in a terminal; in a
+    log, one line per epoch that starts "epoch 3/15, ETA 21 min:". Used in
+    place of fit's own printing (fit verbose=0)."""
 
-    METRICS = ("loss", "accuracy", "test_loss", "test_accuracy")
+    def __init__(self, evaluated_on="validation"):
+        super().__init__()
+        self.evaluated_on = evaluated_on
+        self._seconds = []
 
     def on_epoch_begin(self, epoch, logs=None):
         live = sys.stdout.isatty()
         if live:
             print(f"Epoch {epoch + 1}/{self.params['epochs']}")
+        metrics = ("loss", "accuracy", *(f"{self.evaluated_on}_{m}" for m in ("loss", "accuracy")))
         self._bar = keras.utils.Progbar(self.params["steps"], verbose=1 if live else 2,
-                                        stateful_metrics=self.METRICS)
+                                        stateful_metrics=metrics)
+        self._start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
         if self._bar.verbose == 1:
             self._bar.update(batch + 1, list((logs or {}).items()))
 
     def on_epoch_end(self, epoch, logs=None):
-        values = [(name.replace("val_", "test_"), value) for name, value in (logs or {}).items()]
+        self._seconds.append(time.perf_counter() - self._start)
+        if self._bar.verbose == 2:
+            left = np.mean(self._seconds) * (self.params["epochs"] - epoch - 1)
+            print(f"epoch {epoch + 1}/{self.params['epochs']}, ETA {left / 60:.0f} min: ",
+                  end="")
+        values = [(name.replace("val_", f"{self.evaluated_on}_"), value)
+                  for name, value in (logs or {}).items()]
         self._bar.update(self.params["steps"], values, finalize=True)
 
 
@@ -104,25 +120,25 @@ class Lookahead(keras.callbacks.Callback):
         return [v for layer in models.leaf_layers(self.model) if layer.trainable
                 for v in layer.weights if "float" in str(v.dtype)]
 
-    def _set_weights_to_average(self):
-        for average, variable in zip(self._average, self._variables()):
-            variable.assign(average)
-
     def on_epoch_begin(self, epoch, logs=None):
-        active = epoch >= self.start_epoch
-        self._average = ([keras.ops.convert_to_numpy(v) for v in self._variables()]
-                         if active else None)
+        self._epoch = epoch
+        self._weights = self._variables() if epoch >= self.start_epoch else None
+        # The average lives beside the weights, as backend tensors: no copy to
+        # the host and back every few steps (that cost 23 s of a 67 s epoch).
+        self._average = None if self._weights is None else \
+            [keras.ops.copy(v.value) for v in self._weights]
 
     def on_train_batch_end(self, batch, logs=None):
         if self._average is None:
             return
-        step = int(self.model.optimizer.iterations)
+        step = self._epoch * self.params["steps"] + batch + 1  # the optimizer's iterations
         if step % self.every == 0:
             rho = self.decay ** self.every * min(1.0, step / self.total_steps) ** self.power
-            for average, variable in zip(self._average, self._variables()):
-                average += (1 - rho) * (keras.ops.convert_to_numpy(variable) - average)
-        if step % self.every == 0 or batch + 1 == self.params.get("steps"):
-            self._set_weights_to_average()
+            self._average = [average + (1 - rho) * (variable.value - average)
+                             for average, variable in zip(self._average, self._weights)]
+        if step % self.every == 0 or batch + 1 == self.params["steps"]:
+            for average, variable in zip(self._average, self._weights):
+                variable.assign(average)
 
 
 def recalibrate_batchnorm(model, images, batch_size=500):
@@ -153,15 +169,18 @@ def merge_epoch(epochs, record):
     return [e for e in epochs if e["epoch"] < record["epoch"]] + [record]
 
 
-def fit_resumable(model, train, test, *, epochs, batch_size, backup_dir,
-                  on_record, callbacks=(), test_every=1, verbose=1):
-    """Fit `model` (compiled, with an accuracy metric), evaluating on `test` after
-    every `test_every`-th epoch and the last; resume from `backup_dir` if an
-    earlier run left a backup there.
+def fit_resumable(model, train, evaluation, *, epochs, batch_size, backup_dir,
+                  on_record, callbacks=(), evaluate_every=1, evaluated_on="validation",
+                  verbose=1):
+    """Fit `model` (compiled, with an accuracy metric), evaluating on
+    `evaluation` after every `evaluate_every`-th epoch and the last; resume
+    from `backup_dir` if an earlier run left a backup there.
 
     Parameters
     ----------
-    train, test : (x, y) tuples of arrays
+    train, evaluation : (x, y) tuples of arrays
+    evaluated_on : what `evaluation` is, "validation" or "test" (the
+        records' keys, see `EpochRecorder`)
     backup_dir : str
         Keras BackupAndRestore folder; deleted when training finishes.
     on_record : callable
@@ -172,13 +191,14 @@ def fit_resumable(model, train, test, *, epochs, batch_size, backup_dir,
     """
     # Two checkpoints (the last and the one before): a kill while one is
     # written leaves the other, which check_checkpoint falls back to.
-    callbacks = [*callbacks, EpochRecorder(on_record), *([Progress()] if verbose else []),
+    callbacks = [*callbacks, EpochRecorder(on_record, evaluated_on),
+                 *([Progress(evaluated_on)] if verbose else []),
                  keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)]
-    test_epochs = sorted({*range(test_every, epochs + 1, test_every), epochs})  # 1-based
+    eval_epochs = sorted({*range(evaluate_every, epochs + 1, evaluate_every), epochs})  # 1-based
     try:
         with filelock.FileLock(f"{backup_dir}.lock", timeout=0):
             check_checkpoint(backup_dir)
-            model.fit(*train, validation_data=test, validation_freq=test_epochs,
+            model.fit(*train, validation_data=evaluation, validation_freq=eval_epochs,
                       epochs=epochs, batch_size=batch_size, shuffle=True,
                       callbacks=callbacks, verbose=0)
     except filelock.Timeout:
@@ -274,9 +294,9 @@ def accuracy(probabilities, one_hot):
     return float(np.mean(np.argmax(probabilities, 1) == np.argmax(one_hot, 1)))
 
 
-def test_accuracy(model, test, batch_size=1000):
-    """Accuracy of `model` on `test` = (images, one-hot labels), no augmentation."""
-    images, one_hot = test
+def accuracy_on(model, data, batch_size=1000):
+    """Accuracy of `model` on `data` = (images, one-hot labels), no augmentation."""
+    images, one_hot = data
     return accuracy(model.predict(images, batch_size=batch_size, verbose=0), one_hot)
 
 
@@ -319,10 +339,33 @@ class Distillation(keras.Model):
         return probabilities
 
 
-def fine_tune(model, train, test, *, epochs, batch_size=512, peak_learning_rate=0.05,
+# The fine-tuning recipe of every compressed model (Parts 2, 3 and 5): the
+# reference's recipe at a lower peak learning rate (the weights start near a
+# good solution), the reference as teacher. Checked on the validation split
+# against one change at a time (results/probes.json "fine_tune_recipe",
+# docs/part2.md#the-fine-tuning-recipe).
+FINE_TUNE = {
+    "epochs": 3,
+    "batch_size": 512,
+    "peak_learning_rate": 0.15,     # a fifth of the reference's 0.75
+    # Share of the loss that pulls the student's probabilities towards the
+    # reference's: a teacher's probabilities say more per image than a label.
+    "distillation_weight": 0.9,
+}
+
+
+def fine_tune_recipe(epochs=None, batch_size=None, precision="auto"):
+    """`FINE_TUNE` with the CLI's overrides and the precision it resolves to
+    here: the fine-tuning part of a run's settings."""
+    return {**FINE_TUNE, "epochs": FINE_TUNE["epochs"] if epochs is None else epochs,
+            "batch_size": batch_size or FINE_TUNE["batch_size"],
+            "precision": resolve_precision(precision)}
+
+
+def fine_tune(model, train, validation, *, epochs, batch_size=512, peak_learning_rate=0.05,
               label_smoothing=0.2, max_shift=2 / 32, precision="auto",
               lookahead_start_epoch=1, teacher=None, distillation_weight=0.5,
-              distillation_temperature=1.0, seed=0, callbacks=(), verbose=1):
+              distillation_temperature=1.0, seed=0, callbacks=(), backup_dir=None, verbose=1):
     """Briefly retrain a compressed model, with the reference model's recipe at a
     lower learning rate (the weights start close to a good solution), its
     lookahead averaging from epoch `lookahead_start_epoch` on.
@@ -336,7 +379,10 @@ def fine_tune(model, train, test, *, epochs, batch_size=512, peak_learning_rate=
     then the labels' share, (1 - weight) * cross-entropy). `callbacks` go to
     fit before the lookahead (e.g. `pruning.KeepPruned`, which finds the copy's
     layers by name: the average then only ever sees pruned weights at zero).
-    Returns the per-epoch records.
+    With a `backup_dir`, a kill loses at most the epoch it fell in: the
+    weights, optimizer and records are kept there after every epoch (as
+    `fit_resumable` does) and the same call resumes; the folder is deleted
+    at the end. Returns the per-epoch records.
     """
     if teacher is not None and not 0 <= distillation_weight <= 1:
         raise ValueError(f"distillation_weight must be in [0, 1], got {distillation_weight}")
@@ -363,10 +409,34 @@ def fine_tune(model, train, test, *, epochs, batch_size=512, peak_learning_rate=
                                        nesterov=True),
         loss=loss, metrics=["accuracy"])
     records = []
-    trainer.fit(*train, validation_data=test, epochs=epochs, batch_size=batch_size,
-                callbacks=[EpochRecorder(records.append), *([Progress()] if verbose else []),
-                           *callbacks,
-                           Lookahead(steps, start_epoch=lookahead_start_epoch)],
-                verbose=0)
+    fit_callbacks = [*callbacks, Lookahead(steps, start_epoch=lookahead_start_epoch)]
+    if backup_dir is None:
+        trainer.fit(*train, validation_data=validation, epochs=epochs, batch_size=batch_size,
+                    callbacks=[EpochRecorder(records.append),
+                               *([Progress()] if verbose else []), *fit_callbacks], verbose=0)
+    else:
+        saved = os.path.join(backup_dir, "records.json")
+        if os.path.exists(saved):
+            with open(saved) as f:
+                records = json.load(f)
+
+        trainer(train[0][:1])  # built: BackupAndRestore restores into its weights
+
+        def keep(record):
+            records[:] = merge_epoch(records, record)
+            os.makedirs(backup_dir, exist_ok=True)
+            write_records(saved, records)
+        fit_resumable(trainer, train, validation, epochs=epochs, batch_size=batch_size,
+                      backup_dir=backup_dir, on_record=keep, callbacks=fit_callbacks,
+                      verbose=verbose)
+        shutil.rmtree(backup_dir, ignore_errors=True)
     model.set_weights(fast.get_weights())
     return records
+
+
+def write_records(path, records):
+    """Per-epoch records as JSON, atomically (a kill leaves the old or the new file)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(records, f)
+    os.replace(tmp, path)

@@ -116,3 +116,51 @@ def no_repo_model(monkeypatch, tmp_path_factory):
     """The repository seen as one without models/reference.keras."""
     from common import cli
     monkeypatch.setattr(cli, "REPO_ROOT", str(tmp_path_factory.mktemp("empty_repo")))
+
+
+def tiny_splits(n_train=40, n_validation=10, n_test=10, seed=0):
+    """A `common.data.Splits` of random images, one-hot labels."""
+    from common.data import Splits
+    rng = np.random.default_rng(seed)
+
+    def part(n):
+        return (rng.uniform(size=(n, 32, 32, 3)).astype("float32"),
+                np.eye(10, dtype="float32")[rng.integers(0, 10, n)])
+    return Splits(part(n_train), part(n_validation), part(n_test), "random",
+                  {"data": "random", "data_sha256": "0" * 64})
+
+
+def make_run(folder, results_file="part9.json", schema=None, **settings):
+    """A `common.runs.Run` of these settings in `folder`."""
+    from common import runs
+    return runs.Run(results_file, {"seed": 0, **settings}, output_dir=str(folder),
+                    schema=schema)
+
+
+@pytest.fixture
+def sealed_test_set(monkeypatch):
+    """The test set sealed: `Splits.test()` raises unless called from inside a
+    function named by `opens(module, name)`, the script's report step."""
+    from common import data
+    state = {"open": 0, "reads": 0}
+    real = data.Splits.test
+
+    def guarded(self):
+        if not state["open"]:
+            raise AssertionError("the test set was read outside the report step")
+        state["reads"] += 1
+        return real(self)
+    monkeypatch.setattr(data.Splits, "test", guarded)
+
+    def opens(module, name="report"):
+        original = getattr(module, name)
+
+        def report_step(*args, **kwargs):
+            state["open"] += 1
+            try:
+                return original(*args, **kwargs)
+            finally:
+                state["open"] -= 1
+        monkeypatch.setattr(module, name, report_step)
+    opens.state = state
+    return opens

@@ -10,9 +10,9 @@ import pytest
 from keras import layers
 
 import part4_deploy
-from common import cli, deploy, measure, pruning, structured, tucker
+from common import cli, deploy, machine, measure, pruning, structured, tucker
 from common.inference import fold_batchnorm
-from common.results import file_digest, write_json
+from common.results import file_digest, settings_label, write_json
 from tests.conftest import stored_run, tiny_classifier
 from tests.test_inference import randomize_batchnorm
 
@@ -33,7 +33,6 @@ def model():
 def test_float32_flatbuffer_computes_what_keras_computes(model, fold):
     source = fold_batchnorm(model)[0] if fold else model
     flatbuffer = deploy.to_flatbuffer(source)
-    assert ("BATCH_NORM" not in str(deploy.op_names(flatbuffer)))
     np.testing.assert_allclose(deploy.predict(flatbuffer, images(), batch_size=3),
                                model.predict(images(), verbose=0), rtol=1e-4, atol=1e-4)
 
@@ -131,37 +130,41 @@ def run(argv):
     return cli.run_main(part4_deploy.main, argv)
 
 
-def compressed_models_beside(out, tiny_model_file):
+def settings_of(tiny_cifar, tiny_model_file):
+    """What a Part 2 or 3 run made from the tiny model on the tiny data holds."""
+    from common.data import load_for_run
+    return {"model_sha256": file_digest(tiny_model_file), "train_limit": None,
+            **load_for_run(tiny_cifar[0]).data_id, "fine_tune": {"epochs": 1}}
+
+
+def compressed_models_beside(out, tiny_model_file, settings):
     """A Tucker k = 4, a filter-removed and a 90%-pruned tiny model in
     out/models/, with the results rows of Parts 3 and 2 that name them."""
     original = keras.saving.load_model(tiny_model_file)
     os.makedirs(os.path.join(out, "models"), exist_ok=True)
     os.makedirs(os.path.join(out, "results"), exist_ok=True)
-    settings = {"model_sha256": file_digest(tiny_model_file), "fine_tune": {"epochs": 1}}
+
+    def saved(model, name):
+        path = os.path.join(out, "models", f"{name}.keras")
+        model.save(path)
+        return {"model": path, "model_sha256": file_digest(path), "test_accuracy": 0.25}
     decomposed, _ = tucker.decompose_model(original, lambda c, f: tucker.tucker_ranks(c, f, 4))
-    decomposed.save(os.path.join(out, "models", "tucker_k4.keras"))
     write_json(os.path.join(out, "results", "part3.json"), {"runs": [{
-        "settings": settings, "original": {"forward_seconds": {"median": 2.0}},
-        "timing": {"images": 1000},
-        "sweep": [{"k": 4, "fine_tuned_test_accuracy": 0.25, "time_ratio": 0.5,
-                   "model_sha256": file_digest(os.path.join(out, "models", "tucker_k4.keras"))}]}]})
+        "settings": settings, "sweep": [{"k": 4, **saved(decomposed, "tucker_k4")}]}]})
     smaller = structured.remove_filters(original, {"conv2": [0, 2, 4, 6, 8, 10, 12, 14]})
-    smaller.save(os.path.join(out, "models", "structured_50.keras"))
     write_json(os.path.join(out, "results", "part2_structured.json"), {"runs": [{
-        "settings": settings, "finetuned": [{
-            "flops_reduction": 0.5, "test_accuracy_after": 0.2, "keras_time_ratio": 0.6,
-            "model_sha256": file_digest(os.path.join(out, "models", "structured_50.keras"))}]}]})
+        "settings": settings, "finetuned": [{"flops_reduction": 0.5,
+                                             **saved(smaller, "structured_50")}]}]})
     pruning.apply_masks(original, pruning.global_masks(pruning.kernels_of(original), 0.9))
-    original.save(os.path.join(out, "models", "pruned_90.keras"))
     write_json(os.path.join(out, "results", "part2.json"), {"runs": [{
-        "settings": settings, "finetune": [{
-            "sparsity": 0.9, "test_accuracy_after": 0.2,
-            "model_sha256": file_digest(os.path.join(out, "models", "pruned_90.keras"))}]}]})
+        "settings": settings, "finetune": [{"sparsity": 0.9, **saved(original, "pruned_90")}]}]})
 
 
-def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch, capsys):
+def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch, capsys,
+                             sealed_test_set):
     out = str(tmp_path)
-    compressed_models_beside(out, tiny_model_file)
+    compressed_models_beside(out, tiny_model_file, settings_of(tiny_cifar, tiny_model_file))
+    sealed_test_set(part4_deploy)
     converted = []
 
     def spy(model, precision="float32", calibration_images=None, sparse=False):
@@ -173,42 +176,137 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch,
             "--timing-images", "3", "--timing-repeats", "2"]
     assert run(argv) == 0
     printed = capsys.readouterr().out
-    assert "tucker 1, 2, 3, 5, 6, 7, 8" in printed and "--fine-tune 3 --k 1 2 3 5 6 7 8" in printed
-    assert "--fine-tune-sparsities 0.5 0.8 0.85 0.95" in printed
-    assert "--flops-reductions 0.65 0.75" in printed
+    assert "structured 0.55, 0.65, 0.75: no row made from it" in printed
+    assert "--flops-reductions 0.55 0.65 0.75" in printed
+    assert "LiteRT on " + machine.label(machine.identity()) in printed
 
     results = stored_run(out, "part4")
     names = {row["name"] for row in results["models"]}
     assert names == {f"{m} {p}" for m in ("original", "tucker_k4", "structured_50", "pruned_90")
                      for p in deploy.PRECISIONS} | {"pruned_90 float32 sparse",
                                                     "pruned_90 int8 sparse"}
+    assert sealed_test_set.state["reads"] == len(names)        # once per flatbuffer
     train, test = tiny_cifar[1]["train"][0], tiny_cifar[1]["test"][0]
     calibration = [c for p, _, c in converted if p == "int8"]
-    assert calibration and all(len(c) == len(train) for c in calibration)
-    for batch in calibration:  # training images, never test images
+    assert calibration and all(len(c) == 90 for c in calibration)
+    for batch in calibration:  # training images, never validation or test images
         pixels = np.round(batch * 255).astype(np.uint8)
-        assert all(any(np.array_equal(p, t) for t in train) for p in pixels)
+        assert all(any(np.array_equal(p, t) for t in train[:90]) for p in pixels)
         assert not any(np.array_equal(p, t) for p in pixels for t in test)
-    for row in results["models"]:
-        assert set(row["latency"]) == set(row["time_ratio"]) == {"1", "2"}
-        assert os.path.isfile(os.path.join(out, "models", "litert",
-                                           row["name"].replace(" ", "_") + ".tflite"))
-        assert row["gzip_bytes"] < row["bytes"] and 0 <= row["test_accuracy"] <= 1
     by_name = {row["name"]: row for row in results["models"]}
-    assert by_name["original float32"]["time_ratio"] == {"1": 1.0, "2": 1.0}
-    assert by_name["tucker_k4 float32"]["keras_time_ratio"] == 0.5
-    assert by_name["structured_50 int8"]["keras_test_accuracy"] == 0.2
+    base = by_name["original float32"]["latency"]
+    for row in results["models"]:
+        assert set(row["latency"]) == {"1", "2"}
+        for threads, summary in row["latency"].items():   # each ratio: its median over
+            assert summary["ratio"] == pytest.approx(    # the original's, same threads
+                summary["median"] / base[threads]["median"])
+        assert os.path.isfile(os.path.join(out, row["tflite"]) if not os.path.isabs(
+            row["tflite"]) else row["tflite"])
+        assert row["gzip_bytes"] < row["bytes"] and 0 <= row["test_accuracy"] <= 1
+    assert by_name["structured_50 int8"]["keras_test_accuracy"] == 0.25
     assert by_name["pruned_90 float32 sparse"]["bytes"] < by_name["pruned_90 float32"]["bytes"]
-    assert results["meta"]["ai_edge_litert"] and results["timing"]["repeats"] == 2
+    assert results["meta"]["machine"] == results["settings"]["machine"] == machine.identity()
+    assert results["settings"]["timing"] == {"threads": [1, 2], "batch_size": 1, "images": 3,
+                                             "repeats": 2}
+    assert set(results["timing"]["digests"]) == names
     figure = tmp_path / "figures" / "part4_deploy.png"
     assert figure.read_bytes().startswith(b"\x89PNG")
 
-    # Rerun: everything measured is skipped; --plot-only redraws.
+    # Rerun: everything measured is reused; --plot-only redraws.
     converted.clear()
     assert run(argv) == 0 and converted == []
     assert "14 of 14 done already, skipped" in capsys.readouterr().out
     figure.unlink()
     assert run(["--plot-only", "--output-dir", out]) == 0 and figure.exists()
+
+    # A truncated .tflite is converted again, and then all are timed together again.
+    tflite = tmp_path / "models" / "litert" / "tucker_k4_float32.tflite"
+    tflite.write_bytes(tflite.read_bytes()[:1000])
+    assert run(argv) == 0
+    printed = capsys.readouterr().out
+    assert "tucker_k4 float32: " in printed and "is missing or has changed" in printed
+    assert converted[0][:2] == ("float32", False) and "timing 14 flatbuffers" in printed
+    assert file_digest(str(tflite)) == by_name["tucker_k4 float32"]["tflite_sha256"]
+    again = {row["name"]: row for row in stored_run(out, "part4")["models"]}
+    assert again["original int8"]["latency"] != by_name["original int8"]["latency"]
+    assert all("latency" in row for row in again.values())
+
+    # A swapped .keras file: its row no longer matches, so the model is not deployed.
+    keras.saving.load_model(tiny_model_file).save(tmp_path / "models" / "tucker_k4.keras")
+    assert run(argv) == 0
+    printed = capsys.readouterr().out
+    assert "not deployed: tucker 4" in printed and "has changed since its row" in printed
+    assert "Tucker k = 4" not in printed
+
+
+def test_another_machine_measures_again_and_stores_beside(tiny_cifar, tiny_model_file, tmp_path,
+                                                         monkeypatch):
+    argv = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--model",
+            tiny_model_file, "--timing-images", "2", "--timing-repeats", "1"]
+    assert run(argv) == 0
+    here = machine.identity()
+    monkeypatch.setattr(machine, "identity", lambda *a: {**here, "cpu": "Other CPU",
+                                                         "features": ["avx2", "fma"]})
+    assert run(argv) == 0
+    first, second = (stored_run(tmp_path, "part4", i) for i in (0, 1))
+    assert first["settings"]["machine"]["cpu"] == here["cpu"]
+    assert second["settings"]["machine"]["cpu"] == "Other CPU"
+    assert len(first["models"]) == len(second["models"]) == 3
+    label = f"run-{settings_label(second['settings'])}"
+    assert (tmp_path / "figures" / label / "part4_deploy.png").exists()
+
+
+@pytest.mark.parametrize("damage, where", [
+    (lambda row: row.pop("source_sha256"), "missing 'source_sha256'"),
+    (lambda row: row.pop("name"), "missing 'name'"),
+    (lambda row: row.update(latency="fast"), ".latency: expected an object"),
+    (lambda row: row.update(test_accuracy=None), ".test_accuracy: expected"),
+    (lambda row: row["latency"]["1"].update(ratio="0.5"), ".latency.1.ratio: expected"),
+])
+def test_a_damaged_row_exits_2_and_leaves_the_file_as_it_was(tiny_cifar, tiny_model_file,
+                                                             tmp_path, capsys, damage, where):
+    argv = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--model",
+            tiny_model_file, "--timing-images", "2", "--timing-repeats", "1"]
+    assert run(argv) == 0
+    path = tmp_path / "results" / "part4.json"
+    data = stored_run(tmp_path, "part4")
+    damage(data["models"][1])
+    write_json(str(path), {"runs": [data]})
+    before = path.read_bytes()
+    capsys.readouterr()
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{path}: damaged: runs[0].models[1]" in err
+    assert where in err and path.read_bytes() == before
+
+
+def test_a_quick_part3_run_leaves_the_committed_rows_and_models_alone(
+        tiny_cifar, tiny_model_file, tmp_path, monkeypatch):
+    """Issue: a quick run wrote the model file a committed row names, and Part 4
+    then replaced the committed rows. Here the 'repository' holds a committed
+    Part 3 run; the quick run (other settings) goes to runs/, Part 4 deploys
+    the committed model, and no committed file changes."""
+    import part3_tucker
+    monkeypatch.setattr(cli, "REPO_ROOT", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    reference = tmp_path / "models" / "reference.keras"
+    reference.write_bytes(open(tiny_model_file, "rb").read())
+    committed = ["--data-dir", tiny_cifar[0], "--k", "4", "--fine-tune", "0", "--layer", "conv3",
+                 "--precision", "float32"]
+    assert cli.run_main(part3_tucker.main, committed) == 0
+    files = {p: p.read_bytes() for p in (tmp_path / "results").iterdir()}
+    files.update({p: p.read_bytes() for p in (tmp_path / "models").iterdir() if p.is_file()})
+    assert cli.run_main(part3_tucker.main, committed + ["--train-limit", "30"]) == 0
+    assert {p: p.read_bytes() for p in files} == files          # nothing committed changed
+    (quick,) = (tmp_path / "runs").iterdir()
+    assert (quick / "models" / "tucker_k4.keras").exists()
+    assert cli.run_main(part4_deploy.main, ["--data-dir", tiny_cifar[0], "--output-dir",
+                                            str(tmp_path / "out"), "--timing-images", "2",
+                                            "--timing-repeats", "1"]) == 0
+    deployed = {row["name"]: row for row in stored_run(tmp_path / "out", "part4")["models"]}
+    assert deployed["tucker_k4 float32"]["source"] == "models/tucker_k4.keras"
+    assert deployed["tucker_k4 float32"]["source_sha256"] == file_digest(
+        str(tmp_path / "models" / "tucker_k4.keras"))
 
 
 def test_a_model_litert_cannot_run_exits_2_naming_the_layer(tiny_cifar, tmp_path, capsys):

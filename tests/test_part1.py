@@ -17,8 +17,40 @@ def run(argv):
     return cli.run_main(part1_cnn.main, argv)
 
 
-def test_importing_the_script_runs_nothing(tmp_path):
-    assert not (tmp_path / "results").exists()  # import happened above; nothing written here
+def test_importing_the_scripts_runs_nothing(tmp_path):
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys, part1_cnn, part2_prune, part2_structured, part3_tucker, "
+            "part4_deploy, part5_budget; print(sorted(m for m in ('tensorflow', 'keras') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": repo}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[]\n" and done.stderr == ""   # no backend loaded, nothing said
+    assert list(tmp_path.iterdir()) == []                  # nothing written
+
+
+def test_the_reference_trains_without_the_validation_images_and_reads_test_once(
+        tiny_cifar, tmp_path, monkeypatch, sealed_test_set):
+    monkeypatch.setitem(part1_cnn.EXPERIMENTS, "reference",
+                        dict(part1_cnn.EXPERIMENTS["reference"], widths=[8, 8, 8]))
+    sealed_test_set(part1_cnn, "save_reference")
+    fitted = []
+    real_fit = keras.Model.fit
+    monkeypatch.setattr(keras.Model, "fit", lambda self, x, y, **kw: fitted.append(
+        (len(x), len(kw["validation_data"][0]))) or real_fit(self, x, y, **kw))
+    assert run(["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--epochs", "1",
+                "--experiments", "reference", "--precision", "float32",
+                "--batch-size", "30"]) == 0
+    assert fitted == [(90, 10)]          # 100 training images: 90 to train, 10 held out
+    entry = stored_run(tmp_path, "part1")["experiments"]["reference"]
+    assert entry["config"]["validation"]["validation"] == "train[90:100]"
+    assert entry["epochs"][0]["validation_accuracy"] is not None
+    assert "test_accuracy" not in entry["epochs"][0]
+    info = json.load(open(tmp_path / "models" / "reference.json"))
+    assert {"validation_accuracy", "test_accuracy", "test_accuracy_flip_tta"} <= set(info)
+    assert info["training_images"] == 90 and sealed_test_set.state["reads"] == 1
 
 
 @pytest.mark.parametrize("option, expected", [("float32", "float32"),

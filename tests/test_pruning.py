@@ -7,7 +7,7 @@ import pytest
 import part2_prune
 from common import cli, pruning
 from common.results import file_digest, write_json
-from tests.conftest import argparse_error, stored_run, tiny_classifier
+from tests.conftest import argparse_error, make_run, stored_run, tiny_classifier, tiny_splits
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.1, 0.25, 0.5, 0.9, 0.99])
@@ -151,32 +151,31 @@ def test_sparse_format_is_smaller_for_a_sparse_model():
 
 # ---- the script --------------------------------------------------------------
 
-def test_sparsity_curve_leaves_every_weight_as_it_was():
+def test_sparsity_curve_leaves_every_weight_as_it_was(tmp_path):
     model = tiny_classifier()
     before = [keras.ops.convert_to_numpy(w) for w in model.weights]
-    images = np.random.default_rng(0).uniform(size=(8, 32, 32, 3)).astype("float32")
-    test = (images, np.eye(10, dtype="float32")[np.arange(8) % 10])
-    curve = part2_prune.sparsity_curve(model, test, "global", [0.5, 0.9], images)
-    assert len(curve["test_accuracy_recalibrated"]) == 2
+    run = make_run(tmp_path, sparsities=[0.5, 0.9])
+    part2_prune.sparsity_curve(run, model, "global", tiny_splits())
+    assert len(run.find()["global"]["validation_accuracy_recalibrated"]) == 2
     for old, new in zip(before, model.weights):  # kernels and batch-norm statistics
         np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
 
 
-def test_sparsity_curve_resumes_after_its_last_measured_sparsity():
-    model = tiny_classifier()
-    images = np.random.default_rng(0).uniform(size=(8, 32, 32, 3)).astype("float32")
-    test = (images, np.eye(10, dtype="float32")[np.arange(8) % 10])
-    full = part2_prune.sparsity_curve(model, test, "uniform", [0.5, 0.9], images)
+def test_sparsity_curve_resumes_after_its_last_measured_sparsity(tmp_path):
+    model, splits = tiny_classifier(), tiny_splits()
+    full = make_run(tmp_path / "full", sparsities=[0.5, 0.9])
+    part2_prune.sparsity_curve(full, model, "uniform", splits)
+    curve = full.find()["uniform"]
     # As an interrupted run leaves it: 0.5 measured (with a marker value), 0.9 not.
-    partial = {key: values[:1] for key, values in full.items()}
+    partial = {key: values[:1] for key, values in curve.items()}
     partial["sparsity"] = [0.5, 0.9]
-    partial["test_accuracy"] = [-1.0]
-    saves = []
-    resumed = part2_prune.sparsity_curve(model, test, "uniform", [0.5, 0.9], images,
-                                         partial, lambda curve: saves.append(1))
-    assert resumed is partial and len(saves) == 1
-    assert resumed["test_accuracy"] == [-1.0, full["test_accuracy"][1]]
-    assert resumed["nonzero_params"] == full["nonzero_params"]
+    partial["validation_accuracy"] = [-1.0]
+    resumed = make_run(tmp_path / "resumed", sparsities=[0.5, 0.9])
+    resumed.update(lambda r: r.update(uniform=partial))
+    part2_prune.sparsity_curve(resumed, model, "uniform", splits)
+    assert resumed.find()["uniform"]["validation_accuracy"] == [
+        -1.0, curve["validation_accuracy"][1]]
+    assert resumed.find()["uniform"]["nonzero_params"] == curve["nonzero_params"]
 
 
 def run(argv):
@@ -202,26 +201,28 @@ def test_unknown_layer_and_missing_model_exit_2(tmp_path, tiny_cifar, tiny_model
     assert "part1_cnn.py --experiments reference" in capsys.readouterr().err
 
 
-def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(part2_prune, "FINE_TUNE_SPARSITIES", (0.9,))
+def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, capsys, sealed_test_set):
+    sealed_test_set(part2_prune)
     out = str(tmp_path)
     argv = ["--data-dir", tiny_cifar[0], "--output-dir", out, "--model", tiny_model_file,
             "--rates", "0", "0.5", "--layers", "conv2", "head", "--fine-tune-epochs", "1",
-            "--sparsities", "0.5", "0.9",
+            "--sparsities", "0.5", "0.9", "--fine-tune-sparsities", "0.9",
             "--train-limit", "40", "--batch-size", "20", "--precision", "float32"]
     assert run(argv) == 0
     results = stored_run(out, "part2")
     assert set(results["layer_sensitivity"]) == {"conv2", "head"}
     assert results["layer_sensitivity"]["conv2"]["index"] == 2
-    assert results["layer_sensitivity"]["head"]["test_accuracy"][0] == pytest.approx(
-        results["dense_test_accuracy"])
+    assert results["layer_sensitivity"]["head"]["validation_accuracy"][0] == pytest.approx(
+        results["dense"]["validation_accuracy"])
     assert results["global"]["sparsity"] == results["settings"]["sparsities"] == [0.5, 0.9]
-    assert len(results["global"]["test_accuracy_recalibrated"]) == 2
+    assert len(results["global"]["validation_accuracy_recalibrated"]) == 2
     (row,) = results["finetune"]
     assert row["measured_sparsity"] == pytest.approx(0.9, abs=1e-3)
-    assert {"test_accuracy_recalibrated", "test_accuracy_refitted", "peak_learning_rate",
-            "batch_size", "gradual"} <= set(row) and row["precision"] == "float32"
-    assert results["sizes"][1]["sparse_bytes"] < results["sizes"][0]["sparse_bytes"]
+    assert {"validation_accuracy_recalibrated", "validation_accuracy_refitted",
+            "test_accuracy"} <= set(row)
+    assert results["settings"]["fine_tune"]["precision"] == "float32"
+    assert sealed_test_set.state["reads"] == 2   # the dense model and the 90% one
+    assert row["sparse_bytes"] < results["dense"]["sizes"]["sparse_bytes"]
     model_file = tmp_path / "models" / "pruned_90.keras"
     assert row["model_sha256"] == file_digest(str(model_file))
     for name in ("layer_sensitivity", "global_vs_uniform", "finetune"):
@@ -230,19 +231,20 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch,
     assert run(["--plot-only", "--output-dir", out]) == 0
     assert (tmp_path / "figures" / "part2_finetune.png").exists()
 
-    # A stored row whose model file is gone (a fresh clone) is made again.
+    # A stored row whose model file is gone is made again.
     model_file.unlink()
-    assert run(argv + ["--fine-tune-sparsities", "0.9"]) == 0
-    assert "its stored row is made again" in capsys.readouterr().out
+    capsys.readouterr()
+    assert run(argv) == 0
+    assert "pruned_90.keras is not there; making it again" in capsys.readouterr().out
     (row,) = stored_run(out, "part2")["finetune"]
     assert row["model_sha256"] == file_digest(str(model_file))
-    assert run(argv) == 0 and "90% done already, skipped" in capsys.readouterr().out
+    assert run(argv) == 0 and "90% done, reusing" in capsys.readouterr().out
 
-    # The trade-off figure needs Part 3 results measured on the same model and data.
+    # The trade-off figure needs Part 3 results of the same model, data and split.
     part3 = {"settings": dict(results["settings"], model_sha256="another model"),
-             "sweep": [{"k": 4, "params": 100, "test_accuracy": 0.5,
-                        "test_accuracy_recalibrated": 0.55,
-                        "fine_tuned_test_accuracy": 0.6, "fine_tune_epochs": 1}]}
+             "sweep": [{"k": 4, "params": 100, "validation_accuracy": 0.5,
+                        "validation_accuracy_recalibrated": 0.55,
+                        "validation_accuracy_fine_tuned": 0.6}]}
     tradeoff = tmp_path / "figures" / "compression_tradeoff.png"
     write_json(str(tmp_path / "results" / "part3.json"), {"runs": [part3]})
     assert run(["--plot-only", "--output-dir", out]) == 0
@@ -251,6 +253,12 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch,
     write_json(str(tmp_path / "results" / "part3.json"), {"runs": [part3]})
     assert run(["--plot-only", "--output-dir", out]) == 0
     assert tradeoff.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("values", [["0.5", "0.5000001"], ["0"], ["1"]])
+def test_fine_tune_sparsities_that_would_share_a_file_or_make_no_sense_exit_2(values, capsys):
+    err = argparse_error(part2_prune.main, ["--fine-tune-sparsities", *values], capsys)
+    assert "name the same model" in err or "in (0, 1)" in err
 
 
 # ---- least-squares refit of the kept weights ---------------------------------

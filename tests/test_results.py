@@ -12,9 +12,9 @@ import pytest
 import part1_cnn
 import part2_prune
 import part3_tucker
-from common import cli
-from common.data import fingerprint, load_cifar10
-from common.results import ResultsStore, file_digest, settings_label, write_json
+from common import cli, runs
+from common.data import load_for_run
+from common.results import NUMBER, Map, ResultsStore, file_digest, settings_label, write_json
 from common.training import check_checkpoint
 from tests.conftest import stored_run
 
@@ -40,9 +40,118 @@ def test_runs_with_other_settings_are_kept_beside_each_other(tmp_path):
     assert [run["settings"] for run in store.runs()] == [{"seed": 0}, {"seed": 1}]
     assert store.find({"seed": 0})["rows"] == {"a": 1, "b": 3}
     assert store.find({"seed": 1})["rows"] == {"a": 2}
-    assert store.figures_dir(str(tmp_path), {"seed": 0}) == str(tmp_path)  # the primary run
-    assert store.figures_dir(str(tmp_path), {"seed": 1}).endswith(
-        f"run-{settings_label({'seed': 1})}")
+
+
+def test_two_backups_in_one_second_both_survive(tmp_path):
+    store = ResultsStore(str(tmp_path / "part9.json"))
+    store.update({"seed": 0}, lambda run: run.update(value=1))
+    first = store.backup()
+    store.update({"seed": 0}, lambda run: run.update(value=2))
+    second = store.backup()
+    assert first != second
+    assert [json.load(open(p))["runs"][0]["value"] for p in (first, second)] == [1, 2]
+
+
+SCHEMA = {"models": [{"name": str, "test_accuracy": NUMBER, "latency?": Map(NUMBER)}]}
+GOOD_ROW = {"name": "a", "test_accuracy": 0.5, "latency": {"1": 0.1}}
+
+
+@pytest.mark.parametrize("row, where", [
+    ({"test_accuracy": 0.5}, "runs[0].models[1]: missing 'name'"),
+    ({**GOOD_ROW, "test_accuracy": None}, "runs[0].models[1].test_accuracy: expected"),
+    ({**GOOD_ROW, "test_accuracy": True}, "runs[0].models[1].test_accuracy: expected"),
+    ({**GOOD_ROW, "latency": "fast"}, "runs[0].models[1].latency: expected an object"),
+    ({**GOOD_ROW, "latency": {"1": "0.1"}}, "runs[0].models[1].latency.1: expected"),
+])
+def test_a_damaged_row_is_named_before_anything_is_written(tmp_path, row, where):
+    path = tmp_path / "part9.json"
+    write_json(str(path), {"runs": [{"settings": {}, "models": [GOOD_ROW, row]}]})
+    before = path.read_bytes()
+    with pytest.raises(ValueError) as info:
+        ResultsStore(str(path), SCHEMA)
+    assert str(info.value).startswith(f"{path}: damaged: {where}")
+    assert "\n" not in str(info.value) and path.read_bytes() == before
+
+
+def test_deeply_nested_or_huge_files_are_refused_in_one_line(tmp_path, monkeypatch):
+    deep = tmp_path / "part9.json"
+    deep.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        ResultsStore(str(deep))
+    monkeypatch.setattr("common.results.MAX_BYTES", 10)
+    big = tmp_path / "part8.json"
+    write_json(str(big), {"runs": []})
+    with pytest.raises(ValueError, match="not a results file"):
+        ResultsStore(str(big))
+
+
+# ---- where a run writes ------------------------------------------------------------
+
+@pytest.fixture
+def repository(tmp_path, monkeypatch):
+    """A repository folder with one committed run of part9.json."""
+    monkeypatch.setattr(cli, "REPO_ROOT", str(tmp_path))
+    (tmp_path / "results").mkdir()
+    write_json(str(tmp_path / "results" / "part9.json"),
+               {"runs": [{"settings": {"seed": 0}, "rows": [1]}]})
+    return tmp_path
+
+
+def test_the_committed_settings_write_to_the_repository_others_to_runs(repository, capsys):
+    assert runs.default_root("part9.json", {"seed": 0}) == str(repository)
+    other = runs.Run("part9.json", {"seed": 1})
+    assert other.root == str(repository / "runs" / f"part9-{settings_label({'seed': 1})}")
+    assert "writing to runs/part9-" in capsys.readouterr().out
+    assert json.load(open(repository / "results" / "part9.json")) == {
+        "runs": [{"settings": {"seed": 0}, "rows": [1]}]}
+    again = runs.Run("part9.json", {"seed": 1})   # the same command finds its folder
+    assert again.root == other.root and again.stored["settings"] == {"seed": 1}
+
+
+def test_a_changed_model_file_is_said_and_not_reused(tmp_path, capsys):
+    run = runs.Run("part9.json", {"seed": 0}, output_dir=str(tmp_path))
+    import keras
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    row = {"k": 1, **run.save_model(model, "m")}
+    assert run.verified(row, "k=1") == str(tmp_path / "models" / "m.keras")
+    with open(tmp_path / "models" / "m.keras", "ab") as f:
+        f.write(b"\0")
+    assert run.verified(row, "k=1") is None
+    assert "has changed since its row was stored" in capsys.readouterr().out
+    os.remove(tmp_path / "models" / "m.keras")
+    assert run.verified(row, "k=1") is None
+    assert "m.keras is not there" in capsys.readouterr().out
+
+
+def test_a_replaced_row_is_kept_in_a_backup_and_an_added_key_is_not(tmp_path):
+    run = runs.Run("part9.json", {"seed": 0}, output_dir=str(tmp_path))
+    run.upsert("rows", "k", {"k": 1, "a": 1})
+    run.upsert("rows", "k", {"k": 1, "a": 1, "b": 2})      # only adds: no backup
+    assert not list((tmp_path / "results").glob("*.backup-*"))
+    run.upsert("rows", "k", {"k": 1, "a": 3})
+    (backup,) = (tmp_path / "results").glob("part9.backup-*.json")
+    assert json.load(open(backup))["runs"][0]["rows"] == [{"k": 1, "a": 1, "b": 2}]
+
+
+def test_a_timing_of_another_machine_is_kept_beside_and_not_reused(tmp_path, monkeypatch):
+    from common import machine
+    run = runs.Run("part9.json", {"seed": 0}, output_dir=str(tmp_path))
+    measured = []
+
+    def measure():
+        measured.append(1)
+        return {"models": {"original": {"median": 1.0, "min": 1.0, "max": 1.0, "ratio": 1.0}}}
+    run.timing("timings", {"original": "abc"}, {"images": 10}, measure)
+    run.timing("timings", {"original": "abc"}, {"images": 10}, measure)
+    assert len(measured) == 1                                  # same machine: reused
+    here = machine.identity()
+    monkeypatch.setattr(machine, "identity", lambda *a: {**here, "cpu": "Other CPU"})
+    run.timing("timings", {"original": "abc"}, {"images": 10}, measure)
+    assert len(measured) == 2                                  # another machine: measured
+    blocks = run.find()["timings"]
+    assert [b["machine"]["cpu"] for b in blocks] == [here["cpu"], "Other CPU"]
+    run.timing("timings", {"original": "abc"}, {"images": 20}, measure)  # other parameters
+    assert len(measured) == 3 and len(run.find()["timings"]) == 3
 
 
 def test_backup_keeps_the_file_as_it_was(tmp_path):
@@ -123,7 +232,7 @@ def test_force_keeps_a_backup(tiny_cifar, tmp_path, capsys):
     assert cli.run_main(part1_cnn.main, out + FAST + ["--force"]) == 0
     (backup,) = (tmp_path / "results").glob("part1.backup-*.json")
     assert json.load(open(backup))["runs"][0] == before
-    assert str(backup) in capsys.readouterr().out
+    assert backup.name in capsys.readouterr().out
 
 
 def test_a_stored_experiment_of_another_configuration_is_refused(tiny_cifar, tmp_path,
@@ -138,33 +247,6 @@ def test_a_stored_experiment_of_another_configuration_is_refused(tiny_cifar, tmp
     assert "lr1 stored with another configuration" in err
     assert "--force" in err and "--output-dir" in err
     assert len(err.splitlines()) == 1
-
-
-# ---- Part 3 on a fresh clone: committed rows without their model files ----------------
-
-def test_part3_one_k_keeps_the_rows_whose_models_are_absent(tiny_cifar, tiny_model_file,
-                                                            tmp_path):
-    train, test, source = load_cifar10(tiny_cifar[0])
-    settings = {"model_sha256": file_digest(tiny_model_file), **fingerprint(train, test, source),
-                "train_limit": None, "seed": 0, "fine_tune": None}
-    committed = [{"k": k, "test_accuracy": k / 10, "params": 1000 * k, "flops": 10 ** 6 * k,
-                  "fine_tune_epochs": 0, "fine_tune_precision": None,
-                  "fine_tuned_test_accuracy": None, "test_accuracy_recalibrated": k / 10,
-                  "forward_seconds": {"median": 1.0, "min": 1.0, "max": 1.0, "all": [1.0]},
-                  "time_ratio": 0.5} for k in range(1, 9)]
-    os.makedirs(tmp_path / "results")
-    write_json(str(tmp_path / "results" / "part3.json"), {"runs": [
-        {"settings": settings, "sweep": committed}]})
-    assert cli.run_main(part3_tucker.main, [
-        "--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--model", tiny_model_file,
-        "--layer", "conv3", "--k", "4", "--timing-repeats", "1"]) == 0
-    (run,) = json.load(open(tmp_path / "results" / "part3.json"))["runs"]
-    assert [r for r in run["sweep"] if r["k"] != 4] == [r for r in committed if r["k"] != 4]
-    (k4,) = [r for r in run["sweep"] if r["k"] == 4]
-    assert k4["params"] != 4000 and k4["model_sha256"] == file_digest(
-        tmp_path / "models" / "tucker_k4.keras")
-    assert run["timing"]["timed"] == [4]
-    assert (tmp_path / "figures" / "part3_forward_time_vs_k.png").exists()
 
 
 def test_part2_and_part3_use_the_repository_model_when_the_folder_has_none(tmp_path):
@@ -251,8 +333,8 @@ def test_a_torn_first_checkpoint_starts_again(tmp_path, capsys):
 def test_a_checkpoint_that_cannot_be_used_is_named_in_one_line(tiny_cifar, tmp_path, capsys):
     args = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--experiments",
             "lr1", *FAST]
-    train, test, source = load_cifar10(tiny_cifar[0])
-    settings = part1_cnn.run_settings(part1_cnn.parse_args(args), fingerprint(train, test, source))
+    settings = part1_cnn.run_settings(part1_cnn.parse_args(args),
+                                      load_for_run(tiny_cifar[0], validation=False).data_id)
     folder = tmp_path / "checkpoints" / f"part1_lr1-{settings_label(settings)}"
     folder.mkdir(parents=True)
     for suffix in ("", ".bkp"):  # both the last checkpoint and the one before torn
@@ -314,8 +396,9 @@ def test_a_bad_results_file_fails_before_anything_runs(script, content, tmp_path
 def test_an_unreadable_part3_file_only_skips_the_tradeoff_figure(tmp_path, capsys):
     (tmp_path / "results").mkdir()
     write_json(str(tmp_path / "results" / "part2.json"), {"runs": [
-        {"settings": {"model_sha256": "m", "data_sha256": "d"},
-         "global": {"sparsity": [0.5], "test_accuracy": [0.5], "nonzero_params": [10]}}]})
+        {"settings": {"model_sha256": "m", "data_sha256": "d", "validation_sha256": "v"},
+         "global": {"sparsity": [0.5], "validation_accuracy": [0.5],
+                    "validation_accuracy_recalibrated": [0.5], "nonzero_params": [10]}}]})
     (tmp_path / "results" / "part3.json").write_text("[")
     assert cli.run_main(part2_prune.main, ["--plot-only", "--output-dir", str(tmp_path)]) == 0
     out, err = capsys.readouterr()

@@ -135,6 +135,21 @@ def test_a_residual_join_is_refused_with_its_name():
         structured.remove_filters(model, {"a": [0, 1]})
 
 
+def test_flops_after_matches_the_closed_form_of_the_reference_net():
+    """reference_like: whitening 2x2 conv 3 -> 24 on 31x31, then per block a 3x3
+    conv at the block's input size and one at half of it, global pool, a 10-way
+    head: 2 * sum(H * W * kh * kw * c * f) + 2 * c_last * 10, by hand."""
+    model = reference_like()
+    counts = {"block1_conv1": 3, "block1_conv2": 5, "block2_conv1": 7, "block2_conv2": 2,
+              "block3_conv1": 9, "block3_conv2": 4}
+    macs = 31 * 31 * 4 * 3 * 24                               # whitening, kept whole
+    macs += 31 * 31 * 9 * 24 * 3 + 15 * 15 * 9 * 3 * 5        # block 1: 31 -> 15
+    macs += 15 * 15 * 9 * 5 * 7 + 7 * 7 * 9 * 7 * 2           # block 2: 15 -> 7
+    macs += 7 * 7 * 9 * 2 * 9 + 3 * 3 * 9 * 9 * 4             # block 3: 7 -> 3
+    macs += 4 * 10                                            # head
+    assert structured.flops_after(model, counts) == 2 * macs
+
+
 def test_flops_after_matches_keras_models_built_that_way():
     for model in (reference_like(), models.pooled_cnn()):
         keep = random_keep(model, structured.prunable_convs(model), 0.4, seed=3)
@@ -197,39 +212,85 @@ def test_sensitivity_allocation_takes_from_the_layer_that_loses_least_per_flop()
 
 # ---- part2_structured.py --------------------------------------------------------
 
-def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, capsys):
-    import part2_prune
+def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, capsys, sealed_test_set):
     import part2_structured
     from common import cli
     from tests.conftest import stored_run
+    sealed_test_set(part2_structured)
     out = str(tmp_path)
-    argv = ["--structured", "--data-dir", tiny_cifar[0], "--output-dir", out,
-            "--model", tiny_model_file, "--flops-reductions", "0.5", "--fine-tune-epochs", "1",
-            "--batch-size", "20", "--precision", "float32", "--timing-repeats", "1"]
-    assert cli.run_main(part2_prune.main, argv) == 0  # part2_prune.py --structured
+    argv = ["--data-dir", tiny_cifar[0], "--output-dir", out, "--model", tiny_model_file,
+            "--flops-reductions", "0.5", "0.504", "--fine-tune-epochs", "1",
+            "--batch-size", "20", "--precision", "float32"]
+    assert cli.run_main(part2_structured.main, argv) == 0
     run = stored_run(out, "part2_structured")
     assert set(run["sensitivity"]) == {"l1", "activation"}
     assert set(run["sensitivity"]["l1"]) == {"conv1", "conv2", "conv3"}
-    assert len(run["candidates"]) == 6
+    assert len(run["candidates"]) == 12
     for row in run["candidates"]:
-        assert row["flops_ratio"] <= 0.5 and 0 <= row["test_accuracy_recalibrated"] <= 1
-    (tuned,) = run["finetuned"]
-    model_file = tmp_path / "models" / "structured_50.keras"
-    assert tuned["model_sha256"] == file_digest(str(model_file))
-    assert set(tuned["litert_time_ratio"]) == {"1", "2"} and tuned["keras_time_ratio"] > 0
+        assert row["flops_ratio"] <= 0.5 and 0 <= row["validation_accuracy_recalibrated"] <= 1
+    assert sealed_test_set.state["reads"] == 3   # the original and the two fine-tuned models
+    tuned = {row["flops_reduction"]: row for row in run["finetuned"]}
+    for reduction, name in ((0.5, "structured_50"), (0.504, "structured_50.4")):
+        model_file = tmp_path / "models" / f"{name}.keras"   # one file each
+        assert tuned[reduction]["model_sha256"] == file_digest(str(model_file))
+        assert "test_accuracy" in tuned[reduction]
+    (keras_timing,), (litert_timing,) = run["keras_timings"], run["litert_timings"]
+    assert set(keras_timing["models"]) == set(litert_timing["models"]) == {
+        "original", "-50%", "-50.4%"}
+    assert keras_timing["digests"]["-50.4%"] == tuned[0.504]["model_sha256"]
     figure = tmp_path / "figures" / "part2_structured.png"
     assert figure.read_bytes().startswith(b"\x89PNG")
-    # A rerun skips every piece; --plot-only redraws.
-    assert cli.run_main(part2_structured.main, argv[1:]) == 0
+    # A rerun skips every piece, the timings too; --plot-only redraws.
+    assert cli.run_main(part2_structured.main, argv) == 0
     printed = capsys.readouterr().out
-    assert "6 of 6 done already, skipped" in printed and "reusing" in printed
+    assert "12 of 12 done already, skipped" in printed and "reusing" in printed
+    assert "timed on this machine already" in printed
     figure.unlink()
     assert cli.run_main(part2_structured.main, ["--plot-only", "--output-dir", out]) == 0
     assert figure.exists()
 
 
+def test_an_interrupted_fine_tune_resumes_from_its_last_epoch(tmp_path):
+    from common import training
+    rng = np.random.default_rng(0)
+    train = (rng.uniform(size=(20, 32, 32, 3)).astype("float32"),
+             np.eye(10, dtype="float32")[rng.integers(0, 10, 20)])
+    backup = str(tmp_path / "backup")
+    real_end = keras.callbacks.BackupAndRestore.on_epoch_end
+
+    class Killed(Exception):
+        pass
+
+    def killed_after_first(self, epoch, logs=None):
+        real_end(self, epoch, logs)
+        if epoch == 0:
+            raise Killed
+    model = tiny_classifier()
+    keras.callbacks.BackupAndRestore.on_epoch_end = killed_after_first
+    try:
+        with pytest.raises(Killed):
+            training.fine_tune(model, train, train, epochs=2, batch_size=10, precision="float32",
+                               teacher=tiny_classifier(1), backup_dir=backup, verbose=0)
+    finally:
+        keras.callbacks.BackupAndRestore.on_epoch_end = real_end
+    begun = []
+    real_begin = keras.callbacks.BackupAndRestore.on_epoch_begin
+    keras.callbacks.BackupAndRestore.on_epoch_begin = \
+        lambda self, epoch, logs=None: begun.append(epoch) or real_begin(self, epoch, logs)
+    try:
+        records = training.fine_tune(model, train, train, epochs=2, batch_size=10,
+                                     precision="float32", teacher=tiny_classifier(1),
+                                     backup_dir=backup, verbose=0)
+    finally:
+        keras.callbacks.BackupAndRestore.on_epoch_begin = real_begin
+    assert begun == [1] and [r["epoch"] for r in records] == [1, 2]   # epoch 1 kept
+    assert not (tmp_path / "backup").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["--flops-reductions", "1"], "FLOPs reduction must be in [0, 1)"),
+    (["--flops-reductions", "1"], "FLOPs reduction must be a number in (0, 1)"),
+    (["--flops-reductions", "0"], "FLOPs reduction must be a number in (0, 1)"),
+    (["--flops-reductions", "0.5", "0.5000001"], "name the same model (structured_50)"),
     (["--fine-tune-epochs", "-1"], "must be at least 0"),
 ])
 def test_bad_options_exit_2(argv, message, capsys):

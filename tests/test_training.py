@@ -158,19 +158,23 @@ def test_flip_translate_tta_weights_six_views_as_airbench():
                                expected, atol=1e-6)
 
 
-def test_fit_resumable_tests_every_nth_epoch_and_the_last(tmp_path, capsys):
+def test_fit_resumable_evaluates_every_nth_epoch_and_the_last(tmp_path, capsys):
     rng = np.random.default_rng(0)
     x = rng.random((8, 3)).astype(np.float32)
     y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 8)]
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
     model.compile(optimizer="sgd", loss="categorical_crossentropy", metrics=["accuracy"])
     records = []
-    fit_resumable(model, (x, y), (x, y), epochs=5, batch_size=4, test_every=2,
-                  backup_dir=str(tmp_path / "backup"), on_record=records.append)
+    fit_resumable(model, (x, y), (x, y), epochs=5, batch_size=4, evaluate_every=2,
+                  evaluated_on="test", backup_dir=str(tmp_path / "backup"),
+                  on_record=records.append)
     tested = [r["epoch"] for r in records if r["test_accuracy"] is not None]
     assert tested == [2, 4, 5]
     lines = capsys.readouterr().out.splitlines()  # not a terminal: one line per epoch
-    assert len(lines) == 5 and all(line.startswith("2/2") for line in lines)
+    assert len(lines) == 5
+    assert [line.split(":")[0] for line in lines[:2]] == ["epoch 1/5, ETA 0 min",
+                                                          "epoch 2/5, ETA 0 min"]
+    assert all("2/2" in line for line in lines)
     assert "test_accuracy" in lines[1] and "test_accuracy" not in lines[0]
     assert not any("val_" in line for line in lines)
     assert all(r["test_loss"] is None for r in records if r["epoch"] not in tested)

@@ -1,0 +1,526 @@
+"""Part 5: what is the most accurate model that runs within a latency budget on
+this machine?
+
+Composes the suite's methods per conv layer: a share of its filters removed
+(Part 2's structured surgery), Tucker-2 on what remains (Part 3), and the
+whole model in int8 where int8 is faster here (Part 4), else float32. As
+NetAdapt does, latency is measured, not modelled: every conv's block is timed
+alone in LiteRT (batch 1, 1 thread, XNNPACK) at every width it can have, and
+a configuration's latency is predicted as the sum of its blocks', corrected
+by a line fitted to whole models timed end to end. Each choice's accuracy
+loss is measured alone on the validation split (batch norm re-estimated); a
+dynamic programme along the chain of convs finds the configurations that
+lose least within each budget; the best few are built, briefly fine-tuned and
+measured for real (validation accuracy in the deployed precision, end-to-end
+latency); the best that meets the budget is fine-tuned with the shared recipe,
+the reference as teacher. The test set is read once per final model, in the
+report.
+
+    python part5_budget.py --latency-budget 0.1      # 10x faster than float32 (~30 min)
+    python part5_budget.py                           # the front, budgets 0.5 ... 0.05 (~1.5 h)
+    python part5_budget.py --latency-budget-ms 0.2   # a budget in ms per image
+    python part5_budget.py --quick                   # a newcomer's try (~10 min)
+    python part5_budget.py --plot-only               # redraw the figures
+
+A budget is a share of the reference's float32 LiteRT latency on this machine
+(or ms per image). Results go to results/part5_budget.json, keyed by the
+settings and this machine; on another machine everything goes to
+runs/part5_budget-<label>/ (see common/runs.py). Each final model is saved as
+models/budget_<budget>.keras and .tflite in the run's folder. Every step is
+stored as it ends: a killed run resumes where it was.
+"""
+
+import functools
+import os
+
+from common import cli, runs
+from common.results import NUMBER, Map, Nullable
+
+# ---- configuration ---------------------------------------------------------
+# The front, as shares of the reference's float32 time. Where int8 pays (on
+# int8 dot-product CPUs int8 alone takes ~0.12), the budgets above cost nothing.
+BUDGETS = (0.5, 0.3, 0.2, 0.15, 0.1, 0.08, 0.06, 0.05)
+# Per conv: shares of its filters kept, and Tucker-2 ranks as shares of its
+# remaining channels (None: not decomposed).
+KEEPS = (1.0, 0.75, 0.5, 0.25)
+RANKS = (None, 0.5, 0.25)
+# Training images for the activation criterion (which filters go: Part 2's
+# structured run found it best at large reductions) and for batch-norm
+# re-estimation of every model built.
+IMPORTANCE_IMAGES = 2_000
+# Each block timed on 100 random inputs per round, 7 interleaved rounds.
+BLOCK_TIMING = {"images": 100, "repeats": 7}
+# Whole models timed end to end to fit the line from a sum of blocks to a
+# model's latency: the reference and this many random configurations.
+CALIBRATION_MODELS = 8
+# Per budget, the configurations predicted best are built, fine-tuned one pass
+# over SCREEN_IMAGES training images with the teacher, and measured; the best
+# of them that meets the budget is fine-tuned with the full recipe.
+CANDIDATES = 3
+SCREEN_IMAGES = 10_000
+# Whole models at batch 1 on validation images, interleaved rounds.
+TIMING = {"images": 300, "repeats": 7, "threads": 1}
+CALIBRATION_IMAGES = 300          # int8's activation ranges, as Part 4
+QUICK = {"keeps": [1.0, 0.5], "ranks": [None, 0.5], "budgets": [0.1],
+         "train_limit": 10_000, "fine_tune_epochs": 1}
+RESULTS_FILE = "part5_budget.json"
+SUMMARY = {"median": NUMBER, "min": NUMBER, "max": NUMBER}
+SCHEMA = {
+    "precision": {"chosen": str, "float32": SUMMARY, "int8": SUMMARY},
+    "blocks": Map(Map(SUMMARY)),
+    "calibration": {"points": [{"configuration": str, "predicted": NUMBER,
+                                "measured": NUMBER}], "slope": NUMBER, "intercept": NUMBER,
+                    "r2": NUMBER},
+    "sensitivity": Map(Map(NUMBER)),
+    "candidates": [{"key": str, "budget": NUMBER, "configuration": str,
+                    "predicted_ratio": NUMBER, "ratio": NUMBER,
+                    "validation_accuracy": NUMBER}],
+    "front": [{"budget": NUMBER, "configuration": str, "predicted_ratio": NUMBER,
+               "validation_accuracy": NUMBER, "model": str, "model_sha256": str,
+               "tflite": str, "tflite_sha256": str, "test_accuracy?": NUMBER,
+               "latency?": {**SUMMARY, "ratio": NUMBER}, "fine_tune_seconds": Nullable(NUMBER)}],
+}
+# -----------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = cli.make_parser(__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
+                             epochs=False)
+    parser.add_argument("--model", metavar="PATH", help=cli.MODEL_HELP.format("compress"))
+    parser.add_argument("--latency-budget", type=cli.open_fraction("a latency budget"),
+                        nargs="+", metavar="B",
+                        help="shares of the reference's float32 LiteRT time on this machine, "
+                             "each in (0, 1) (default: " + " ".join(map(str, BUDGETS)) + ")")
+    parser.add_argument("--latency-budget-ms", type=cli.positive_float("--latency-budget-ms"),
+                        nargs="+", metavar="MS", help="budgets in ms per image instead")
+    parser.add_argument("--fine-tune-epochs", type=cli.positive_int, metavar="N",
+                        help="epochs of the final fine-tune (default: the shared recipe's 3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small search: keeps 1 and 0.5, ranks none and 0.5, budget "
+                             "0.1, 10,000 training images, 1 epoch (~10 min)")
+    args = parser.parse_args(argv)
+    if args.latency_budget and args.latency_budget_ms:
+        parser.error("--latency-budget and --latency-budget-ms: give one of them")
+    if args.quick:
+        args.train_limit = args.train_limit or QUICK["train_limit"]
+        args.fine_tune_epochs = args.fine_tune_epochs or QUICK["fine_tune_epochs"]
+    return args
+
+
+def run_settings(args, model_sha256, data_id):
+    """Everything that changes this part's numbers, this machine included
+    (budgets are rows: more of them extend the same run)."""
+    from common import machine
+    from common.training import fine_tune_recipe
+    space = QUICK if args.quick else {"keeps": list(KEEPS), "ranks": list(RANKS)}
+    return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,
+            "seed": args.seed, "keeps": space["keeps"], "ranks": space["ranks"],
+            "importance_images": IMPORTANCE_IMAGES, "block_timing": BLOCK_TIMING,
+            "calibration_models": CALIBRATION_MODELS, "candidates": CANDIDATES,
+            "screen_images": SCREEN_IMAGES, "timing": TIMING,
+            "calibration_images": CALIBRATION_IMAGES, "machine": machine.identity(),
+            "fine_tune": fine_tune_recipe(args.fine_tune_epochs, args.batch_size,
+                                          args.precision)}
+
+
+class Search:
+    """What every step of one search shares: the run, the data, the reference
+    (as trained and as deployed), its chain of convs and filter scores."""
+
+    def __init__(self, run, splits, reference):
+        from common import search, structured
+        from common.inference import fold_batchnorm
+        self.run, self.splits, self.reference = run, splits, reference
+        self.deployed = fold_batchnorm(reference)[0]
+        self.convs = search.chain(reference)
+        self.options = [(k, r) for k in run.settings["keeps"] for r in run.settings["ranks"]]
+        self.scores = structured.activation_importance(
+            reference, self.convs, splits.train[0][:IMPORTANCE_IMAGES])
+        self.calibration = self._calibration_images()
+
+    def _calibration_images(self):
+        import numpy as np
+        rng = np.random.default_rng(self.run.settings["seed"])
+        images = self.splits.train[0]
+        return images[rng.choice(len(images), min(CALIBRATION_IMAGES, len(images)),
+                                 replace=False)]
+
+    def flatbuffer(self, model, precision=None):
+        """`model` (batch norms folded) in LiteRT, in the search's precision."""
+        from common import deploy
+        from common.inference import fold_batchnorm
+        precision = precision or self.run.find()["precision"]["chosen"]
+        return deploy.to_flatbuffer(fold_batchnorm(model)[0], precision, self.calibration)
+
+    def build(self, configuration):
+        """The reference under a configuration, batch norm re-estimated (the
+        reference itself for the configuration that changes nothing)."""
+        from common import search
+        from common.training import recalibrate_batchnorm
+        if self.unchanged(configuration):
+            return self.reference
+        model = search.build(self.reference, configuration, self.scores)
+        recalibrate_batchnorm(model, self.splits.train[0][:IMPORTANCE_IMAGES])
+        return model
+
+    def unchanged(self, configuration):
+        from common import search
+        return all(choice == search.IDENTITY for choice in configuration)
+
+    def widths(self, index, previous_keep, choice):
+        """(c, f, ranks) of conv `index` after a conv that kept `previous_keep`."""
+        from common import search
+        layer = self.reference.get_layer(self.convs[index])
+        c = layer.kernel.shape[2] if index == 0 else search.kept(
+            self.reference.get_layer(self.convs[index - 1]).filters, previous_keep)
+        f = search.kept(layer.filters, choice[0])
+        return c, f, search.ranks(c, f, choice[1])
+
+    def block_seconds(self, index, previous_keep, choice):
+        blocks = self.run.find()["blocks"][self.convs[index]]
+        return blocks[block_key(*self.widths(index, previous_keep, choice))]["median"]
+
+    def predicted_seconds(self, configuration):
+        """Sum of the blocks' latencies, through the fitted line."""
+        line = self.run.find()["calibration"]
+        keeps = [None] + [k for k, _ in configuration[:-1]]
+        total = sum(self.block_seconds(i, keeps[i], choice)
+                    for i, choice in enumerate(configuration))
+        return line["slope"] * total + line["intercept"]
+
+
+def block_key(c, f, rank_pair):
+    return f"{c}x{f}" + ("" if rank_pair is None else f" r{rank_pair[0]}x{rank_pair[1]}")
+
+
+def choose_precision(s):
+    """float32 and int8 of the reference timed together: the search uses int8
+    where it is faster on this machine, float32 where it is not."""
+    from common import deploy
+    if "precision" in s.run.find():
+        return s.run.find()["precision"]
+    flatbuffers = {p: s.flatbuffer(s.reference, p) for p in ("float32", "int8")}
+    print("timing the reference in float32 and int8 to choose the precision ...")
+    latency = deploy.latency(flatbuffers, s.splits.validation[0][:TIMING["images"]], "float32",
+                             (1,), TIMING["repeats"], s.run.settings["seed"])["1"]
+    chosen = "int8" if latency["int8"]["median"] < latency["float32"]["median"] else "float32"
+    record = {"chosen": chosen, "float32": latency["float32"], "int8": latency["int8"]}
+    s.run.update(lambda r: r.update(precision=record))
+    print(f"int8 takes {latency['int8']['ratio']:.3f} of float32's time here: searching "
+          f"in {chosen}")
+    return record
+
+
+def time_blocks(s):
+    """Every conv's block at every input width and choice, in the search's
+    precision, all of one conv's timed together (stored a conv at a time)."""
+    import numpy as np
+
+    from common import deploy, search
+    done = s.run.find().get("blocks", {})
+    keeps = list(s.run.settings["keeps"])
+    todo = [conv for conv in s.convs if conv not in done]
+    progress = cli.Sweep(len(todo), "conv's blocks", skipped=len(s.convs) - len(todo))
+    rng = np.random.default_rng(s.run.settings["seed"])
+    for index, conv in enumerate(s.convs):
+        if conv not in todo:
+            continue
+        widths = {s.widths(index, previous, choice) for previous in
+                  ([None] if index == 0 else keeps) for choice in s.options}
+        height, width = s.reference.get_layer(conv).input.shape[1:3]
+        flatbuffers, inputs = {}, {}
+        for c, f, rank_pair in sorted(widths, key=lambda w: (w[0], w[1], w[2] or (0, 0))):
+            key = block_key(c, f, rank_pair)
+            inputs[key] = rng.normal(size=(BLOCK_TIMING["images"], height, width, c)).astype(
+                "float32")
+            flatbuffers[key] = deploy.to_flatbuffer(
+                search.block(s.deployed, conv, c, f, rank_pair),
+                s.run.find()["precision"]["chosen"], inputs[key][:20])
+        seconds = deploy.time_per_image(flatbuffers, inputs, (1,), BLOCK_TIMING["repeats"],
+                                        s.run.settings["seed"])
+        timed = {key: summarize(seconds[key, 1]) for key in flatbuffers}
+        s.run.update(lambda r: r.setdefault("blocks", {}).update({conv: timed}))
+        medians = [t["median"] for t in timed.values()]
+        progress.done(f"{conv}: {len(timed)} blocks, {1e6 * min(medians):.0f} to "
+                      f"{1e6 * max(medians):.0f} µs")
+
+
+def summarize(seconds):
+    from common import measure
+    summary = measure.summarize_seconds(seconds)
+    return {k: summary[k] for k in ("median", "min", "max")}
+
+
+def calibrate(s):
+    """Whole models timed end to end (the reference and random configurations)
+    against the sum of their blocks: the line that turns a sum into a latency."""
+    import numpy as np
+
+    from common import deploy, search
+    if "calibration" in s.run.find():
+        return s.run.find()["calibration"]
+    rng = np.random.default_rng(s.run.settings["seed"])
+    configurations = [tuple(search.IDENTITY for _ in s.convs)] + [
+        tuple(s.options[i] for i in rng.integers(len(s.options), size=len(s.convs)))
+        for _ in range(s.run.settings["calibration_models"])]
+    flatbuffers = {search.configurations_key(c): s.flatbuffer(s.build(c))
+                   for c in configurations}
+    print(f"timing {len(flatbuffers)} whole models end to end to fit the blocks' sum ...")
+    seconds = deploy.time_per_image(flatbuffers, s.splits.validation[0][:TIMING["images"]],
+                                    (1,), TIMING["repeats"], s.run.settings["seed"])
+    points = []
+    for configuration in configurations:
+        key = search.configurations_key(configuration)
+        keeps = [None] + [k for k, _ in configuration[:-1]]
+        points.append({"configuration": key, "measured": float(np.median(seconds[key, 1])),
+                       "predicted": sum(s.block_seconds(i, keeps[i], choice)
+                                        for i, choice in enumerate(configuration))})
+    slope, intercept, r2 = search.fit_line([p["predicted"] for p in points],
+                                           [p["measured"] for p in points])
+    line = {"points": points, "slope": slope, "intercept": intercept, "r2": r2}
+    s.run.update(lambda r: r.update(calibration=line))
+    print(f"whole-model latency = {slope:.3f} x (sum of blocks) + {1e6 * intercept:.1f} µs, "
+          f"R^2 = {r2:.3f} over {len(points)} models")
+    return line
+
+
+def sensitivity(s):
+    """Each choice's accuracy loss alone: the reference with only that conv
+    changed, batch norm re-estimated, on the validation split (a conv at a time)."""
+    from common import search
+    from common.training import accuracy_on
+    done = s.run.find().get("sensitivity", {})
+    todo = [conv for conv in s.convs if conv not in done]
+    progress = cli.Sweep(len(todo), "conv's choices", skipped=len(s.convs) - len(todo))
+    base = accuracy_on(s.reference, s.splits.validation) if todo else None
+    for index, conv in enumerate(s.convs):
+        if conv not in todo:
+            continue
+        drops = {}
+        for choice in s.options:
+            if choice == search.IDENTITY:
+                continue
+            configuration = [search.IDENTITY] * len(s.convs)
+            configuration[index] = choice
+            drops[search.configurations_key([choice])] = base - accuracy_on(
+                s.build(configuration), s.splits.validation)
+        s.run.update(lambda r: r.setdefault("sensitivity", {}).update({conv: drops}))
+        progress.done(f"{conv}: " + ", ".join(f"{k} -{100 * v:.1f}" for k, v in drops.items()))
+
+
+def drop(s, index, choice):
+    from common import search
+    if choice == search.IDENTITY:
+        return 0.0
+    return max(0.0, s.run.find()["sensitivity"][s.convs[index]][
+        search.configurations_key([choice])])
+
+
+def candidates(s, budget):
+    """The configurations predicted to lose least within `budget` (a share of
+    the float32 reference's time), slowest first, CANDIDATES at a time."""
+    from common import search
+    base = s.run.find()["precision"]["float32"]["median"]
+    front = search.best_configurations(s.block_seconds, lambda i, c: drop(s, i, c),
+                                       s.options, len(s.convs), budget * base / 400)
+    feasible = [config for seconds, loss, config in front
+                if s.predicted_seconds(config) <= budget * base]
+    return list(reversed(feasible))
+
+
+def screen(s, budget):
+    """The best few configurations within `budget`, each built, fine-tuned one
+    pass over SCREEN_IMAGES training images (teacher: the reference), and
+    measured in the deployed precision: validation accuracy in LiteRT and
+    latency beside the float32 reference. Returns the best that meets the
+    budget (its row), trying slower-predicted ones no further than needed."""
+    from common import deploy, search, training
+    from common.training import accuracy
+    ranked = candidates(s, budget)
+    if not ranked:
+        raise ValueError(f"--latency-budget {budget:g}: below anything the search space "
+                         "reaches on this machine")
+    reference = s.flatbuffer(s.reference, "float32")
+    stored = {row["key"]: row for row in s.run.find().get("candidates", [])}
+    base = s.run.find()["precision"]["float32"]["median"]
+    rows = []
+    for start in range(0, len(ranked), CANDIDATES):
+        for configuration in ranked[start:start + CANDIDATES]:
+            key = f"{budget:g} {search.configurations_key(configuration)}"
+            if key in stored:
+                rows.append(stored[key])
+                continue
+            model = s.build(configuration)
+            if not s.unchanged(configuration):
+                screen_train = tuple(part[:SCREEN_IMAGES] for part in s.splits.train)
+                training.fine_tune(model, screen_train, None, epochs=1, teacher=s.reference,
+                                   seed=s.run.settings["seed"], verbose=0, **{
+                                       k: v for k, v in s.run.settings["fine_tune"].items()
+                                       if k != "epochs"})
+            flatbuffer = s.flatbuffer(model)
+            latency = deploy.latency({"reference": reference, "candidate": flatbuffer},
+                                     s.splits.validation[0][:100], "reference", (1,),
+                                     TIMING["repeats"], s.run.settings["seed"],
+                                     progress=False)["1"]
+            row = {"key": key, "budget": budget, "configuration": key.split(" ", 1)[1],
+                   "predicted_ratio": s.predicted_seconds(configuration) / base,
+                   "ratio": latency["candidate"]["ratio"],
+                   "validation_accuracy": accuracy(
+                       deploy.predict(flatbuffer, s.splits.validation[0]),
+                       s.splits.validation[1])}
+            s.run.upsert("candidates", "key", row)
+            rows.append(row)
+            print(f"  budget {budget:g}: {row['configuration']}: predicted "
+                  f"x{row['predicted_ratio']:.3f}, measured x{row['ratio']:.3f}, validation "
+                  f"{row['validation_accuracy']:.4f}")
+        feasible = [row for row in rows if row["ratio"] <= budget]
+        if feasible:
+            return max(feasible, key=lambda row: row["validation_accuracy"])
+    raise ValueError(f"--latency-budget {budget:g}: no configuration measured within it")
+
+
+def finish(s, budget, chosen):
+    """The chosen configuration fine-tuned with the full recipe (resumable),
+    saved as .keras and .tflite, its validation accuracy in LiteRT: the row
+    of `budget` on the front. A configuration another budget chose already
+    is reused, its files checked."""
+    import time
+
+    from common import deploy, training
+    from common.results import file_digest
+    name = f"budget_{budget:g}"
+    same = [r for r in s.run.find().get("front", [])
+            if r["configuration"] == chosen["configuration"]
+            and runs.model_problem(r) is None and tflite_problem(r) is None]
+    if same:
+        row = {**same[0], "budget": budget}
+        s.run.upsert("front", "budget", {k: v for k, v in row.items() if k not in (
+            "test_accuracy", "latency")})
+        return
+    configuration = parse_configuration(chosen["configuration"])
+    model, seconds = s.build(configuration), None
+    if s.unchanged(configuration):  # the reference itself, in the deployed precision
+        saved = {"model": s.run.find().get("meta", {}).get("model", ""),
+                 "model_sha256": s.run.settings["model_sha256"]}
+    else:
+        start = time.perf_counter()
+        training.fine_tune(model, s.splits.train, s.splits.validation, teacher=s.reference,
+                           seed=s.run.settings["seed"], backup_dir=os.path.join(
+                               s.run.paths["checkpoints"], f"{name}-{s.run.label}"),
+                           **s.run.settings["fine_tune"])
+        seconds = round(time.perf_counter() - start, 1)
+        saved = s.run.save_model(model, name)
+    flatbuffer = s.flatbuffer(model)
+    path = os.path.join(s.run.paths["models"], f"{name}.tflite")
+    with open(path, "wb") as f:
+        f.write(flatbuffer)
+    row = {"budget": budget, "configuration": chosen["configuration"],
+           "predicted_ratio": chosen["predicted_ratio"], "screened_ratio": chosen["ratio"],
+           "precision": s.run.find()["precision"]["chosen"],
+           "validation_accuracy": training.accuracy(
+               deploy.predict(flatbuffer, s.splits.validation[0]), s.splits.validation[1]),
+           "params": int(model.count_params()), "fine_tune_seconds": seconds,
+           **saved, "tflite": cli.shown_path(path),
+           "tflite_sha256": file_digest(path), **deploy.sizes(flatbuffer),
+           "layers": {conv: {"keep": k, "rank": r, "widths": list(s.widths(i, None if i == 0
+                             else configuration[i - 1][0], (k, r))[:2])}
+                      for i, (conv, (k, r)) in enumerate(zip(s.convs, configuration))}}
+    s.run.upsert("front", "budget", row)
+    print(f"budget {budget:g}: {row['configuration']}: validation "
+          f"{row['validation_accuracy']:.4f} in LiteRT {row['precision']}")
+
+
+def parse_configuration(text):
+    """The inverse of `search.configurations_key`."""
+    return tuple((float(k), None if r == "none" else float(r))
+                 for k, r in (pair.split("/") for pair in text.split()))
+
+
+def tflite_problem(row):
+    """Why the .tflite file a front row names cannot be used, or None."""
+    from common.results import file_digest
+    path = runs.resolve(row.get("tflite", ""))
+    if not os.path.isfile(path) or file_digest(path) != row.get("tflite_sha256"):
+        return f"{row.get('tflite')} is missing or has changed"
+    return None
+
+
+def report(s, budgets):
+    """The report: each final model's test accuracy in LiteRT (read once per
+    file), and all of them timed end to end together with the reference in
+    float32 and int8, ratios to its float32 time."""
+    from common import deploy
+    from common.training import accuracy
+    rows = [r for r in s.run.find()["front"] if r["budget"] in budgets]
+    for row in rows:
+        if "test_accuracy" not in row:
+            with open(runs.resolve(row["tflite"]), "rb") as f:
+                test = s.splits.test()
+                row = {**row, "test_accuracy": accuracy(deploy.predict(f.read(), test[0]),
+                                                        test[1])}
+            s.run.upsert("front", "budget", row)
+    flatbuffers = {"reference float32": s.flatbuffer(s.reference, "float32"),
+                   "reference int8": s.flatbuffer(s.reference, "int8")}
+    for row in rows:
+        with open(runs.resolve(row["tflite"]), "rb") as f:
+            flatbuffers.setdefault(row["tflite_sha256"], f.read())
+    print(f"timing {len(flatbuffers)} flatbuffers end to end, interleaved ...")
+    latency = deploy.latency(flatbuffers, s.splits.validation[0][:TIMING["images"]],
+                             "reference float32", (TIMING["threads"],), TIMING["repeats"],
+                             s.run.settings["seed"])[str(TIMING["threads"])]
+    for row in s.run.find()["front"]:
+        if row["tflite_sha256"] in latency:
+            s.run.upsert("front", "budget", {**row, "latency": latency[row["tflite_sha256"]]})
+    s.run.update(lambda r: r.update(reference_latency={
+        k: latency[k] for k in ("reference float32", "reference int8", deploy.CALL_OVERHEAD)}))
+
+
+def plot_figures(run, figures_dir, results_dir):
+    from common import plots
+    from common.results import runs_of_other_part
+    if not run.get("front"):
+        return
+    part4 = [other for other in runs_of_other_part(os.path.join(results_dir, "part4.json")) or []
+        if other["settings"]["model_sha256"] == run["settings"]["model_sha256"]
+        and other["settings"]["machine"] == run["settings"]["machine"]]
+    path = os.path.join(figures_dir, "part5_budget_front.png")
+    print("wrote", plots.plot_budget_front(run, part4[0] if part4 else None, path))
+    print("wrote", plots.plot_budget_choices(run, os.path.join(
+        figures_dir, "part5_budget_choices.png")))
+    print("wrote", plots.plot_latency_prediction(run, os.path.join(
+        figures_dir, "part5_budget_latency_model.png")))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.plot_only:
+        return runs.plot_only(RESULTS_FILE, args, functools.partial(
+            plot_figures, results_dir=os.path.join(args.output_dir or cli.REPO_ROOT, "results")),
+            SCHEMA)
+    run, splits, model_path = runs.start(
+        RESULTS_FILE, args, lambda digest, data_id: run_settings(args, digest, data_id), SCHEMA)
+    from common import models, report as tables
+    s = Search(run, splits, models.load_classifier(model_path))
+    precision = choose_precision(s)
+    time_blocks(s)
+    calibrate(s)
+    sensitivity(s)
+    budgets = args.latency_budget or (
+        [ms / 1e3 / precision["float32"]["median"] for ms in args.latency_budget_ms]
+        if args.latency_budget_ms else QUICK["budgets"] if args.quick else list(BUDGETS))
+    for i, budget in enumerate(budgets, start=1):
+        print(f"budget {i}/{len(budgets)}: {budget:g} of the float32 reference's time")
+        done = next((r for r in run.find().get("front", []) if r["budget"] == budget), None)
+        if done and runs.model_problem(done) is None and tflite_problem(done) is None \
+                and not run.force:
+            print(f"  done: {done['configuration']}, reusing {done['tflite']}")
+            continue
+        finish(s, budget, screen(s, budget))
+    report(s, budgets)
+    print(tables.part5_table(run.find()))
+    plot_figures(run.find(), run.paths["figures"], run.paths["results"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli.run_main(main))
