@@ -169,25 +169,21 @@ def sparsity_curve(run, model, kind, splits):
     """Validation accuracy (as pruned, and with batch norm re-estimated) and
     non-zero weights against overall sparsity, global or uniform, stored a
     sparsity at a time; a curve of the same sparsities resumes after its last."""
-    from common import measure, pruning
-    from common.training import recalibrate_batchnorm
+    from common import pruning
     sparsities = run.settings["sparsities"]
     columns = ("validation_accuracy", "validation_accuracy_recalibrated", "nonzero_params")
     curve = run.find().get(kind) or {"sparsity": sparsities, **{c: [] for c in columns}}
-
-    def recalibrate(model):
-        recalibrate_batchnorm(model, splits.train[0][:RECALIBRATION_IMAGES])
     todo = sparsities[len(curve["validation_accuracy_recalibrated"]):]
     sweep = cli.Sweep(len(todo), f"{kind} sweep", skipped=len(sparsities) - len(todo))
     for s in todo:
-        with pruning.pruned(model, masks_at(model, kind, s)):
-            row = (accuracy_after(model, splits.validation),
-                   accuracy_after(model, splits.validation, recalibrate),
-                   measure.count_nonzero_params(model))
-        for column, value in zip(columns, row):
+        masks = masks_at(model, kind, s)
+        pruned, nonzero = pruning.pruned_accuracy(model, masks, splits.validation)
+        recalibrated, _ = pruning.pruned_accuracy(model, masks, splits.validation,
+                                                  splits.train[0][:RECALIBRATION_IMAGES])
+        for column, value in zip(columns, (pruned, recalibrated, nonzero)):
             curve[column].append(value)
         run.update(lambda r: r.update({kind: curve}))
-        sweep.done(f"{kind} {s:.2f}: {row[0]:.4f}, {row[1]:.4f} batch norm re-estimated")
+        sweep.done(f"{kind} {s:.2f}: {pruned:.4f}, {recalibrated:.4f} batch norm re-estimated")
 
 
 def fine_tune_at(run, model_path, sparsity, splits):

@@ -240,6 +240,8 @@ def report(run, model, chosen, splits):
 def timing(run, model, chosen, images):
     """Keras and LiteRT time of the original and each fine-tuned model, timed
     together on this machine (stored timings of the same models reused)."""
+    import keras
+
     from common import deploy, measure
     from common.inference import fold_batchnorm
     candidates = {"original": model, **{f"-{reduction_name(r)}%": m for r, m in chosen.items()}}
@@ -248,12 +250,15 @@ def timing(run, model, chosen, images):
                **{f"-{reduction_name(row['flops_reduction'])}%": row["model_sha256"]
                   for row in run.find()["finetuned"] if row["flops_reduction"] in chosen}}
     keras_block = run.timing(
-        "keras_timings", digests, {**KERAS_TIMING, "images": len(images)},
+        "keras_timings", digests, {**KERAS_TIMING, "images": len(images),
+                                   "backend": keras.backend.backend(),
+                                   "threads": os.cpu_count()},  # the backend's default
         lambda: {"models": measure.keras_timing(folded, images, KERAS_TIMING["batch_size"],
                                                 KERAS_TIMING["repeats"])})
 
     def litert():
-        flatbuffers = {name: deploy.to_flatbuffer(m) for name, m in folded.items()}
+        flatbuffers = dict(zip(folded, deploy.to_flatbuffers(
+            [(m, "float32", None, False) for m in folded.values()])))
         models = deploy.latency(flatbuffers, images[:LITERT_TIMING["images"]], "original",
                                 (LITERT_TIMING["threads"],), LITERT_TIMING["repeats"])["1"]
         return {"call_overhead": models.pop(deploy.CALL_OVERHEAD), "models": models}

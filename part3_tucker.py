@@ -5,10 +5,11 @@ Each eligible Conv2D (kernel kh x kw x c x f, all but the first) becomes a 1x1
 conv c -> R1, a kh x kw core conv R1 -> R2 and a 1x1 conv R2 -> f, with
 R1 = ceil(c*k/8) and R2 = ceil(f*k/8). For each k this measures accuracy on
 the validation split as decomposed, with batch norm re-estimated and after a
-short fine-tune (the shared recipe, the original as teacher), then the fine-
-tuned model's test accuracy (the report), its parameters, FLOPs and forward
-time beside the original's on this machine (study at k = 4: 88.02% vs ~90%,
-77% of the time), and the reconstruction error of one layer against rank.
+short fine-tune (the shared recipe at Tucker-2's lower peak learning rate,
+without a teacher: common.training.FOR_TUCKER), then the fine-tuned model's
+test accuracy (the report), its parameters, FLOPs and forward time beside
+the original's on this machine (study at k = 4: 88.02% vs ~90%, 77% of the
+time), and the reconstruction error of one layer against rank.
 
     python part3_tucker.py --k 4                 # the study's point (~6 min on 2 cores)
     python part3_tucker.py                       # the sweep k = 1..8 (~45 min)
@@ -21,6 +22,8 @@ results/part3.json and its model to models/tucker_k<k>.keras of the run's
 folder (see common/runs.py); a k done with the same settings is reused, its
 model file checked against the row's digest, unless --force.
 """
+
+import os
 
 from common import cli, machine, runs
 from common.results import NUMBER, Map, Nullable
@@ -69,8 +72,8 @@ def parse_args(argv=None):
 
 def run_settings(args, model_sha256, data_id):
     """Everything that changes this part's numbers: results are keyed by it."""
-    from common.training import fine_tune_recipe
-    recipe = fine_tune_recipe(args.fine_tune, args.batch_size, args.precision) \
+    from common.training import FOR_TUCKER, fine_tune_recipe
+    recipe = fine_tune_recipe(args.fine_tune, args.batch_size, args.precision, **FOR_TUCKER) \
         if args.fine_tune else None
     return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,
             "seed": args.seed, "recalibration_images": RECALIBRATION_IMAGES,
@@ -106,9 +109,10 @@ def reconstruction_curves(model, layer_name=None):
                 relative_error(kernel, (min(r, c), min(r, f))) for r in both]}}
 
 
-def decompose(original, k, splits, recipe, seed):
+def decompose(original, k, splits, recipe, seed, backup_dir):
     """The k-decomposed model, batch norm re-estimated and fine-tuned (with a
-    recipe), and its row: accuracy on the validation split at each stage."""
+    recipe; a killed fine-tune resumes from `backup_dir`), and its row:
+    accuracy on the validation split at each stage."""
     from common import measure, training, tucker
     model, ranks = tucker.decompose_model(original, lambda c, f: tucker.tucker_ranks(c, f, k))
     row = {"k": k, "ranks": ranks, "params": measure.count_params(model),
@@ -119,7 +123,8 @@ def decompose(original, k, splits, recipe, seed):
     row["validation_accuracy_fine_tuned"] = None
     if recipe:
         row["fine_tune_records"] = training.fine_tune(
-            model, splits.train, splits.validation, teacher=original, seed=seed, **recipe)
+            model, splits.train, splits.validation, teacher=original, seed=seed,
+            backup_dir=backup_dir, **recipe)
         row["validation_accuracy_fine_tuned"] = training.accuracy_on(model, splits.validation)
     return model, row
 
@@ -138,7 +143,8 @@ def sweep(run, original, ks, splits):
             progress.done(f"k={k}: done, reusing {cli.shown_path(path)}; --force redoes it")
             continue
         made[k], row = decompose(original, k, splits, run.settings["fine_tune"],
-                                 run.settings["seed"])
+                                 run.settings["seed"], os.path.join(
+                                     run.paths["checkpoints"], f"tucker_k{k}-{run.label}"))
         row.update(run.save_model(made[k], f"tucker_k{k}"))
         run.upsert("sweep", "k", row)
         progress.done(f"k={k}: validation {row['validation_accuracy']:.4f} as decomposed, "
@@ -165,13 +171,16 @@ def timing(run, original, made, images):
     """Forward time of the original and every k model made or reused now,
     timed together on this machine (a stored timing of the same models,
     machine and parameters is reused)."""
+    import keras
+
     from common import measure
     from common.inference import fold_batchnorm
     candidates = {"original": original, **{f"k{k}": made[k] for k in sorted(made)}}
     digests = {"original": run.settings["model_sha256"],
                **{f"k{row['k']}": row["model_sha256"] for row in run.find()["sweep"]
                   if row["k"] in made}}
-    params = {**TIMING, "images": len(images)}
+    params = {**TIMING, "images": len(images), "backend": keras.backend.backend(),
+              "threads": os.cpu_count()}  # the backend's default: every logical core
 
     def measure_now():
         print(f"timing {len(candidates)} models side by side in Keras ...")
@@ -182,8 +191,6 @@ def timing(run, original, made, images):
 
 
 def plot_figures(run, figures_dir):
-    import os
-
     from common import plots
     print("wrote", plots.plot_reconstruction_vs_rank(
         run["reconstruction"], os.path.join(figures_dir, "part3_reconstruction_vs_rank.png")))

@@ -108,7 +108,7 @@ def compressed_models(settings, results_dirs):
     missing : list of lines, one per wanted model that is not there
     """
     keys = ("model_sha256", "data_sha256", "validation_sha256", "train_limit")
-    found, missing = {}, []
+    found, missing, seen = {}, [], {settings["model_sha256"]}
     for family, (part, section, key, wanted, command) in FAMILIES.items():
         rows = [(row, folder) for folder in results_dirs
                 for run in runs_of_other_part(os.path.join(folder, part)) or []
@@ -117,7 +117,10 @@ def compressed_models(settings, results_dirs):
         for row, folder in rows:
             name = family_name(family, row[key])
             problem = runs.model_problem(row)
+            if row.get("model_sha256") in seen:
+                continue  # the original itself (a budget int8 alone meets), or a model twice
             if problem is None and name not in found:
+                seen.add(row["model_sha256"])
                 found[name] = (runs.resolve(row["model"]), {
                     "family": family, key: row[key], "source": row["model"],
                     "source_sha256": row["model_sha256"],
@@ -189,16 +192,21 @@ def convert(run, sources, splits):
     calibration = calibration_sample(splits.train[0], run.settings["seed"])
     litert_dir = os.path.join(run.paths["models"], "litert")
     os.makedirs(litert_dir, exist_ok=True)
-    ready = {}  # the Keras model being converted now
-    for model_name, precision, sparse in todo:
-        path, info = sources[model_name]
-        if model_name not in ready:
-            ready = {model_name: deployable(models.load_classifier(path))}
-        name = variant_name(model_name, precision, sparse)
+    converted = {}  # (model, precision, sparse) -> bytes, a model's variants at a time
+    for model_name in dict.fromkeys(m for m, _, _ in todo):
+        path, _ = sources[model_name]
+        model = deployable(models.load_classifier(path))
+        pairs = [(p, sparse) for m, p, sparse in todo if m == model_name]
         try:
-            flatbuffer = deploy.to_flatbuffer(ready[model_name], precision, calibration, sparse)
+            made = deploy.to_flatbuffers([(model, p, calibration, sparse) for p, sparse in pairs])
         except ValueError as err:
             raise ValueError(f"{cli.shown_path(path)}: {err}") from None
+        converted.update({(model_name, *pair): fb for pair, fb in zip(pairs, made)})
+        converted[model_name] = model
+    for model_name, precision, sparse in todo:
+        path, info = sources[model_name]
+        name = variant_name(model_name, precision, sparse)
+        flatbuffer = converted[model_name, precision, sparse]
         target = os.path.join(litert_dir, name.replace(" ", "_") + ".tflite")
         with open(target, "wb") as f:
             f.write(flatbuffer)
@@ -206,8 +214,8 @@ def convert(run, sources, splits):
                "tflite": cli.shown_path(target), "tflite_sha256": file_digest(target),
                "ops": sorted(deploy.op_names(flatbuffer)),
                "delegate": deploy.predictor(flatbuffer).delegate,
-               "nonzero_params": measure.count_nonzero_params(ready[model_name]),
-               "flops": measure.count_flops(ready[model_name]), **deploy.sizes(flatbuffer)}
+               "nonzero_params": measure.count_nonzero_params(converted[model_name]),
+               "flops": measure.count_flops(converted[model_name]), **deploy.sizes(flatbuffer)}
         run.upsert("models", "name", row)
         flatbuffers[name] = flatbuffer
         progress.done(f"{name}: {row['bytes']:,} B, {row['gzip_bytes']:,} B gzipped")

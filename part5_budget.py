@@ -145,12 +145,16 @@ class Search:
         return images[rng.choice(len(images), min(CALIBRATION_IMAGES, len(images)),
                                  replace=False)]
 
-    def flatbuffer(self, model, precision=None):
-        """`model` (batch norms folded) in LiteRT, in the search's precision."""
+    def flatbuffers(self, models, precision=None):
+        """`models` (batch norms folded) in LiteRT, in the search's precision."""
         from common import deploy
         from common.inference import fold_batchnorm
         precision = precision or self.run.find()["precision"]["chosen"]
-        return deploy.to_flatbuffer(fold_batchnorm(model)[0], precision, self.calibration)
+        return deploy.to_flatbuffers([(fold_batchnorm(m)[0], precision, self.calibration, False)
+                                      for m in models])
+
+    def flatbuffer(self, model, precision=None):
+        return self.flatbuffers([model], precision)[0]
 
     def build(self, configuration):
         """The reference under a configuration, batch norm re-estimated (the
@@ -176,13 +180,30 @@ class Search:
         f = search.kept(layer.filters, choice[0])
         return c, f, search.ranks(c, f, choice[1])
 
+    def stored(self):
+        """The measured tables, read once after each step (the search asks for
+        them hundreds of thousands of times)."""
+        self._stored, self._seconds = self.run.find(), {}
+        return self._stored
+
     def block_seconds(self, index, previous_keep, choice):
-        blocks = self.run.find()["blocks"][self.convs[index]]
-        return blocks[block_key(*self.widths(index, previous_keep, choice))]["median"]
+        key = (index, previous_keep, choice)
+        if key not in self._seconds:
+            blocks = self._stored["blocks"][self.convs[index]]
+            self._seconds[key] = blocks[block_key(*self.widths(*key))]["median"]
+        return self._seconds[key]
+
+    def drop(self, index, choice):
+        """The accuracy a choice loses alone (measured; 0 for no change)."""
+        from common import search
+        if choice == search.IDENTITY:
+            return 0.0
+        loss = self._stored["sensitivity"][self.convs[index]][search.configurations_key([choice])]
+        return max(0.0, loss)
 
     def predicted_seconds(self, configuration):
         """Sum of the blocks' latencies, through the fitted line."""
-        line = self.run.find()["calibration"]
+        line = self._stored["calibration"]
         keeps = [None] + [k for k, _ in configuration[:-1]]
         total = sum(self.block_seconds(i, keeps[i], choice)
                     for i, choice in enumerate(configuration))
@@ -228,14 +249,14 @@ def time_blocks(s):
         widths = {s.widths(index, previous, choice) for previous in
                   ([None] if index == 0 else keeps) for choice in s.options}
         height, width = s.reference.get_layer(conv).input.shape[1:3]
-        flatbuffers, inputs = {}, {}
+        inputs, jobs = {}, []
         for c, f, rank_pair in sorted(widths, key=lambda w: (w[0], w[1], w[2] or (0, 0))):
             key = block_key(c, f, rank_pair)
             inputs[key] = rng.normal(size=(BLOCK_TIMING["images"], height, width, c)).astype(
                 "float32")
-            flatbuffers[key] = deploy.to_flatbuffer(
-                search.block(s.deployed, conv, c, f, rank_pair),
-                s.run.find()["precision"]["chosen"], inputs[key][:20])
+            jobs.append((search.block(s.deployed, conv, c, f, rank_pair),
+                         s.run.find()["precision"]["chosen"], inputs[key][:20], False))
+        flatbuffers = dict(zip(inputs, deploy.to_flatbuffers(jobs)))
         seconds = deploy.time_per_image(flatbuffers, inputs, (1,), BLOCK_TIMING["repeats"],
                                         s.run.settings["seed"])
         timed = {key: summarize(seconds[key, 1]) for key in flatbuffers}
@@ -263,8 +284,8 @@ def calibrate(s):
     configurations = [tuple(search.IDENTITY for _ in s.convs)] + [
         tuple(s.options[i] for i in rng.integers(len(s.options), size=len(s.convs)))
         for _ in range(s.run.settings["calibration_models"])]
-    flatbuffers = {search.configurations_key(c): s.flatbuffer(s.build(c))
-                   for c in configurations}
+    flatbuffers = dict(zip((search.configurations_key(c) for c in configurations),
+                           s.flatbuffers([s.build(c) for c in configurations])))
     print(f"timing {len(flatbuffers)} whole models end to end to fit the blocks' sum ...")
     seconds = deploy.time_per_image(flatbuffers, s.splits.validation[0][:TIMING["images"]],
                                     (1,), TIMING["repeats"], s.run.settings["seed"])
@@ -308,21 +329,13 @@ def sensitivity(s):
         progress.done(f"{conv}: " + ", ".join(f"{k} -{100 * v:.1f}" for k, v in drops.items()))
 
 
-def drop(s, index, choice):
-    from common import search
-    if choice == search.IDENTITY:
-        return 0.0
-    return max(0.0, s.run.find()["sensitivity"][s.convs[index]][
-        search.configurations_key([choice])])
-
-
 def candidates(s, budget):
     """The configurations predicted to lose least within `budget` (a share of
     the float32 reference's time), slowest first, CANDIDATES at a time."""
     from common import search
     base = s.run.find()["precision"]["float32"]["median"]
-    front = search.best_configurations(s.block_seconds, lambda i, c: drop(s, i, c),
-                                       s.options, len(s.convs), budget * base / 400)
+    front = search.best_configurations(s.block_seconds, s.drop, s.options, len(s.convs),
+                                       budget * base / 400)
     feasible = [config for seconds, loss, config in front
                 if s.predicted_seconds(config) <= budget * base]
     return list(reversed(feasible))
@@ -338,8 +351,8 @@ def screen(s, budget):
     from common.training import accuracy
     ranked = candidates(s, budget)
     if not ranked:
-        raise ValueError(f"--latency-budget {budget:g}: below anything the search space "
-                         "reaches on this machine")
+        print(f"  budget {budget:g}: below anything the search space reaches here")
+        return None
     reference = s.flatbuffer(s.reference, "float32")
     stored = {row["key"]: row for row in s.run.find().get("candidates", [])}
     base = s.run.find()["precision"]["float32"]["median"]
@@ -376,7 +389,8 @@ def screen(s, budget):
         feasible = [row for row in rows if row["ratio"] <= budget]
         if feasible:
             return max(feasible, key=lambda row: row["validation_accuracy"])
-    raise ValueError(f"--latency-budget {budget:g}: no configuration measured within it")
+    print(f"  budget {budget:g}: no configuration measured within it")
+    return None
 
 
 def finish(s, budget, chosen):
@@ -451,7 +465,9 @@ def report(s, budgets):
     float32 and int8, ratios to its float32 time."""
     from common import deploy
     from common.training import accuracy
-    rows = [r for r in s.run.find()["front"] if r["budget"] in budgets]
+    rows = [r for r in s.run.find().get("front", []) if r["budget"] in budgets]
+    if not rows:
+        return
     for row in rows:
         if "test_accuracy" not in row:
             with open(runs.resolve(row["tflite"]), "rb") as f:
@@ -503,8 +519,10 @@ def main(argv=None):
     s = Search(run, splits, models.load_classifier(model_path))
     precision = choose_precision(s)
     time_blocks(s)
+    s.stored()
     calibrate(s)
     sensitivity(s)
+    s.stored()
     budgets = args.latency_budget or (
         [ms / 1e3 / precision["float32"]["median"] for ms in args.latency_budget_ms]
         if args.latency_budget_ms else QUICK["budgets"] if args.quick else list(BUDGETS))
@@ -515,7 +533,9 @@ def main(argv=None):
                 and not run.force:
             print(f"  done: {done['configuration']}, reusing {done['tflite']}")
             continue
-        finish(s, budget, screen(s, budget))
+        chosen = screen(s, budget)
+        if chosen:
+            finish(s, budget, chosen)
     report(s, budgets)
     print(tables.part5_table(run.find()))
     plot_figures(run.find(), run.paths["figures"], run.paths["results"])

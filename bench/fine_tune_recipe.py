@@ -39,7 +39,7 @@ VARIANTS = {  # name -> (changes to the recipe, gradual pruning)
 }
 PRUNED_VARIANTS = ("recipe", "peak lr 0.05", "no teacher", "one-shot pruning")
 # Tucker-2 was fine-tuned before at peak 0.05 without a teacher: that, and the recipe.
-TUCKER_VARIANTS = ("recipe", "peak lr 0.05, no teacher")
+TUCKER_VARIANTS = ("recipe", "peak lr 0.05, no teacher", "peak lr 0.05")
 
 
 def fine_tuned(method, variant, reference_path, splits, seed):

@@ -17,7 +17,10 @@ delegate LiteRT applies by default.
 """
 
 import gzip
+import json
 import os
+import subprocess
+import sys
 import tempfile
 
 import keras
@@ -48,7 +51,7 @@ def _export(model, **converter_options):
 
 
 def to_flatbuffer(model, precision="float32", calibration_images=None, sparse=False):
-    """Convert a Keras model (TensorFlow backend) to a LiteRT flatbuffer.
+    """Convert a Keras model to a LiteRT flatbuffer (see `to_flatbuffers`).
 
     Parameters
     ----------
@@ -65,9 +68,67 @@ def to_flatbuffer(model, precision="float32", calibration_images=None, sparse=Fa
 
     Raises ValueError naming the first layer whose ops are not LiteRT builtins.
     """
+    return to_flatbuffers([(model, precision, calibration_images, sparse)])[0]
+
+
+def to_flatbuffers(jobs):
+    """Flatbuffers of several conversions, each (model, precision,
+    calibration_images or None, sparse) as `to_flatbuffer` takes them.
+
+    Keras' LiteRT export needs the TensorFlow backend. Under another backend
+    (JAX) the models are saved as .keras files, which any backend reads, and
+    converted in one Python process with TensorFlow as Keras' backend.
+    """
+    for _, precision, calibration_images, _ in jobs:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                             f"got {precision!r}")
+        if precision == "int8" and (calibration_images is None or not len(calibration_images)):
+            raise ValueError("int8 needs calibration_images (training images)")
+    if keras.backend.backend() == "tensorflow":
+        return [_convert(*job) for job in jobs]
+    with tempfile.TemporaryDirectory() as folder:
+        listed = []
+        for i, (model, precision, calibration_images, sparse) in enumerate(jobs):
+            model.save(os.path.join(folder, f"{i}.keras"))
+            if calibration_images is not None:
+                np.save(os.path.join(folder, f"{i}.npy"), np.asarray(calibration_images,
+                                                                      np.float32))
+            listed.append({"precision": precision, "sparse": bool(sparse),
+                           "calibration": calibration_images is not None})
+        with open(os.path.join(folder, "jobs.json"), "w") as f:
+            json.dump(listed, f)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        done = subprocess.run([sys.executable, "-m", "common.deploy", folder], cwd=root,
+                              env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+                              capture_output=True, text=True)
+        if done.returncode == 2:
+            raise ValueError(done.stderr.strip().splitlines()[-1])
+        if done.returncode != 0:
+            raise RuntimeError(f"converting in TensorFlow failed: {done.stderr.strip()}")
+        out = []
+        for i in range(len(jobs)):
+            with open(os.path.join(folder, f"{i}.tflite"), "rb") as f:
+                out.append(f.read())
+        return out
+
+
+def _convert_folder(folder):
+    """The TensorFlow side of `to_flatbuffers`: every job listed in `folder`."""
+    with open(os.path.join(folder, "jobs.json")) as f:
+        jobs = json.load(f)
+    for i, job in enumerate(jobs):
+        model = keras.saving.load_model(os.path.join(folder, f"{i}.keras"), compile=False,
+                                        safe_mode=True)
+        calibration = np.load(os.path.join(folder, f"{i}.npy")) if job["calibration"] else None
+        flatbuffer = _convert(model, job["precision"], calibration, job["sparse"])
+        with open(os.path.join(folder, f"{i}.tflite"), "wb") as f:
+            f.write(flatbuffer)
+
+
+def _convert(model, precision, calibration_images, sparse):
+    """`to_flatbuffer` with the TensorFlow backend."""
     import tensorflow as tf
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     options = {}
     optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []
     if precision != "float32":
@@ -75,8 +136,6 @@ def to_flatbuffer(model, precision="float32", calibration_images=None, sparse=Fa
     if optimizations:
         options["optimizations"] = optimizations
     if precision == "int8":
-        if calibration_images is None or not len(calibration_images):
-            raise ValueError("int8 needs calibration_images (training images)")
         images = np.asarray(calibration_images, np.float32)
         options["representative_dataset"] = lambda: ([image[None]] for image in images)
         options["target_spec"] = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]}
@@ -200,7 +259,6 @@ CALL_OVERHEAD = "(one multiply: the per-call overhead)"
 
 
 def _one_multiply(shape):
-    import keras
     return to_flatbuffer(keras.Sequential([keras.Input(shape), keras.layers.Rescaling(1.0)]))
 
 
@@ -216,3 +274,11 @@ def latency(flatbuffers, images, baseline, threads=(1,), repeats=7, seed=0, prog
     seconds = time_per_image(timed, images, threads, repeats, seed, progress)
     return {str(t): side_by_side({name: seconds[name, t] for name in timed}, baseline)
             for t in threads}
+
+
+if __name__ == "__main__":  # the TensorFlow side of to_flatbuffers under another backend
+    try:
+        _convert_folder(sys.argv[1])
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        sys.exit(2)

@@ -20,8 +20,9 @@ X86_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf1
                 "amx_bf16", "amx_int8", "amx_tile")
 ARM_FEATURES = ("asimddp", "i8mm", "sve", "sme")
 FEATURES = X86_FEATURES + ARM_FEATURES
-# The libraries whose versions change a time: the runtime and the converter.
-LIBRARIES = ("tensorflow", "keras", "ai-edge-litert", "jax")
+# The libraries whose versions change a time: the runtime and the converter
+# (Keras timings also store the backend they ran on).
+LIBRARIES = ("tensorflow", "keras", "ai-edge-litert")
 
 # What a label says of the int8 dot-product features a CPU has, and, without
 # any, of its widest vectors.

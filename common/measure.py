@@ -24,17 +24,28 @@ def count_nonzero_params(model):
 def count_flops(model):
     """FLOPs of one forward pass of one image, counting a multiply-add as 2.
 
-    Only Conv2D and Dense layers are counted (everything else is < 1% here):
-    a conv costs out_h * out_w * kh * kw * (c / groups) * f multiply-adds.
+    The layers that multiply are counted (everything else is < 1% here): a
+    Conv2D costs out_h * out_w * kh * kw * (c / groups) * f multiply-adds, a
+    DepthwiseConv2D out_h * out_w * kh * kw * c * multiplier, a
+    SeparableConv2D its depthwise part plus out_h * out_w * c * multiplier * f,
+    a Dense c * f. Any other layer with a kernel raises ValueError naming it.
     """
     macs = 0
     for layer in leaf_layers(model):
-        if type(layer) is layers.Conv2D:
+        kind = type(layer)
+        if kind in (layers.Conv2D, layers.DepthwiseConv2D, layers.SeparableConv2D):
             _, out_h, out_w, f = layer.output.shape
-            kh, kw, c_per_group, _ = layer.kernel.shape
-            macs += out_h * out_w * kh * kw * c_per_group * f
-        elif type(layer) is layers.Dense:
+            kernel = layer.depthwise_kernel if kind is layers.SeparableConv2D else layer.kernel
+            kh, kw, c, per = kernel.shape      # per: f (Conv2D) or the depth multiplier
+            macs += out_h * out_w * kh * kw * c * per
+            if kind is layers.SeparableConv2D:
+                macs += out_h * out_w * c * per * f
+        elif kind is layers.Dense:
             macs += int(np.prod(layer.kernel.shape))
+        elif any("kernel" in w.path for w in layer.weights):
+            raise ValueError(f"layer {layer.name!r} ({kind.__name__}): its FLOPs are not "
+                             "counted; count_flops knows Conv2D, DepthwiseConv2D, "
+                             "SeparableConv2D and Dense")
     return int(2 * macs)
 
 

@@ -47,9 +47,9 @@ def _training_curves(runs, title, path, footnote, log_loss=False):
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.8))
     losses = []
     for i, (label, epochs) in enumerate(runs.items()):
-        every = max(1, len(epochs) // 10)
+        every = max(len(runs), len(epochs) // 8)
         style = dict(color=f"C{i}", marker=MARKERS[i], ms=5, lw=1.5, alpha=0.9,
-                     markevery=(i * every // max(1, len(runs)), every))
+                     markevery=(i % every, every))
         x = [e["epoch"] for e in epochs]
         for split, ls in (("test", "-"), ("train", "--")):
             acc_ax.plot(x, [e[f"{split}_accuracy"] for e in epochs], ls=ls,
@@ -70,7 +70,7 @@ def _training_curves(runs, title, path, footnote, log_loss=False):
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     _footnote(fig, footnote)
-    return _save_below(fig, acc_ax, path, ncol=min(4, 2 * len(runs) + 1), bottom=0.14)
+    return _save_below(fig, acc_ax, path, ncol=min(4, 2 * len(runs) + 1), bottom=0.17)
 
 
 def _part1_footnote(run, names):
@@ -148,9 +148,9 @@ def _zoom_panels(title, draw, zoom_ylim, figsize=(12, 4.4)):
 
 
 def _save_below(fig, ax, path, ncol=3, bottom=0.14):
-    """Legend below the panels (off the data), then save."""
+    """Legend below the panels (off the data), above the footnote line, then save."""
     fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=ncol, fontsize=8,
-               frameon=False)
+               frameon=False, bbox_to_anchor=(0.5, 0.025))
     fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

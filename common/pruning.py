@@ -12,7 +12,6 @@ import io
 import keras
 import numpy as np
 from keras import layers
-from numpy.lib.stride_tricks import sliding_window_view
 
 from common import training
 from common.models import leaf_layers
@@ -98,21 +97,15 @@ def conv_patches(inputs, conv):
 
     inputs (N, H, W, C) -> (N * H' * W', kh * kw * C), columns in the order of
     ``kernel.reshape(-1, f)``, so that ``conv_patches(x, conv) @ kernel.reshape(-1, f)``
-    is the conv's output before bias and activation.
+    is the conv's output before bias and activation (Keras' own patches, its
+    padding included).
     """
     if conv.dilation_rate != (1, 1) or conv.groups != 1 or conv.data_format != "channels_last":
         raise ValueError(f"{conv.name}: only channels-last, undilated, ungrouped convs")
-    kh, kw = conv.kernel_size
-    if conv.padding == "same":  # Keras/TF 'same': the extra row/column goes after
-        sh, sw = conv.strides
-        h, w = inputs.shape[1:3]
-        pad_h = max((-(-h // sh) - 1) * sh + kh - h, 0)
-        pad_w = max((-(-w // sw) - 1) * sw + kw - w, 0)
-        inputs = np.pad(inputs, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
-                                 (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
-    windows = sliding_window_view(inputs, (kh, kw), axis=(1, 2))  # N, H', W', C, kh, kw
-    windows = windows[:, ::conv.strides[0], ::conv.strides[1]].transpose(0, 1, 2, 4, 5, 3)
-    return windows.reshape(-1, kh * kw * inputs.shape[-1])
+    patches = keras.ops.image.extract_patches(inputs, tuple(conv.kernel_size),
+                                              strides=tuple(conv.strides), padding=conv.padding)
+    patches = keras.ops.convert_to_numpy(patches)
+    return patches.reshape(-1, patches.shape[-1])
 
 
 def refit_kept_weights(model, masks, dense_kernels, images, damping=1e-3, chunk=250):
@@ -270,6 +263,22 @@ def model_sizes(model, path):
             "gzip_bytes": len(gzip.compress(raw, compresslevel=9)),
             "sparse_bytes": sparse_bytes(model)}
 
+
+
+def pruned_accuracy(model, masks, data, recalibration_images=None):
+    """Accuracy on `data` with `masks` applied (and the batch norms re-estimated
+    on `recalibration_images`, if given) and the non-zero weights then; every
+    weight of `model`, batch-norm statistics included, is restored after."""
+    saved = model.get_weights()
+    try:
+        apply_masks(model, masks)
+        if recalibration_images is not None:
+            training.recalibrate_batchnorm(model, recalibration_images)
+        nonzero = int(sum(np.count_nonzero(keras.ops.convert_to_numpy(w))
+                          for w in model.weights))
+        return training.accuracy_on(model, data), nonzero
+    finally:
+        model.set_weights(saved)
 
 
 def fine_tune_pruned(model, teacher, sparsity, train, validation, recipe, gradual, seed=0,

@@ -17,6 +17,7 @@ naming the file, the row and the key before anything is written.
 import copy
 import datetime
 import hashlib
+import importlib
 import json
 import os
 import platform
@@ -25,6 +26,9 @@ import sys
 import tempfile
 
 import filelock
+import numpy
+
+from common import machine
 
 # A writer holds the lock for one read + write of a file well under 1 MB;
 # 10 minutes of waiting means another process is stuck holding it.
@@ -246,12 +250,7 @@ def upsert(rows, key, row):
 def run_metadata(data_source=None):
     """Versions (Keras' backend library's too), the machine and the data
     source, stored with every run when it is made."""
-    import importlib
-
-    import keras
-    import numpy
-
-    from common import machine
+    import keras  # here: --plot-only and --help never load the backend
 
     backend = keras.backend.backend()
     meta = {"python": platform.python_version(),

@@ -11,12 +11,14 @@ def _count(model, kind):
     return sum(isinstance(layer, kind) for layer in model.layers)
 
 
-def test_plain_cnn_has_no_pooling_and_outputs_probabilities():
+def test_plain_cnn_has_no_pooling_and_the_study_s_3_2_million_weights():
     model = models.plain_cnn()
     assert model.output_shape == (None, 10)
     assert _count(model, layers.MaxPooling2D) == 0 and _count(model, layers.Conv2D) == 2
-    x = np.random.default_rng(0).uniform(size=(3, 32, 32, 3)).astype("float32")
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)).sum(axis=1), 1, rtol=1e-5)
+    # conv 3x3x3x32, conv 3x3x32x32 (28x28 left), dense 25088x128, dense 128x10, biases
+    assert model.count_params() == (27 * 32 + 32) + (288 * 32 + 32) + (25088 * 128 + 128) \
+        + (128 * 10 + 10) == 3_222_826
+    assert model.layers[-1].activation is keras.activations.softmax
 
 
 def test_pooled_cnn_pools_after_each_conv():

@@ -41,6 +41,18 @@ def test_auto_follows_the_hardware_and_names_pass_through(monkeypatch, native, p
         precision.resolve("float16")
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's GPU rule")
+@pytest.mark.parametrize("capability, native", [((8, 0), True), ((7, 5), False)])
+def test_a_tensorflow_gpu_decides_by_its_compute_capability(monkeypatch, capability, native):
+    import tensorflow as tf
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                        lambda device: {"compute_capability": capability})
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16"})  # not asked
+    assert precision.native_bfloat16() is native
+
+
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's CPU rule")
 def test_tensorflow_cpu_needs_bfloat16_flags_and_onednn(monkeypatch):
     import tensorflow as tf

@@ -151,12 +151,19 @@ def test_sparse_format_is_smaller_for_a_sparse_model():
 
 # ---- the script --------------------------------------------------------------
 
-def test_sparsity_curve_leaves_every_weight_as_it_was(tmp_path):
-    model = tiny_classifier()
+def test_pruned_accuracy_is_that_of_the_pruned_copy_and_leaves_every_weight_as_it_was():
+    model, splits = tiny_classifier(), tiny_splits()
     before = [keras.ops.convert_to_numpy(w) for w in model.weights]
-    run = make_run(tmp_path, sparsities=[0.5, 0.9])
-    part2_prune.sparsity_curve(run, model, "global", tiny_splits())
-    assert len(run.find()["global"]["validation_accuracy_recalibrated"]) == 2
+    masks = pruning.global_masks(pruning.kernels_of(model), 0.8)
+    copy = keras.models.clone_model(model)       # an independent pruned copy, by hand
+    copy.set_weights(model.get_weights())
+    pruning.apply_masks(copy, masks)
+    expected = np.mean(copy.predict(splits.validation[0], verbose=0).argmax(1)
+                       == splits.validation[1].argmax(1))
+    accuracy, nonzero = pruning.pruned_accuracy(model, masks, splits.validation,
+                                                splits.train[0])
+    assert pruning.pruned_accuracy(model, masks, splits.validation)[0] == pytest.approx(expected)
+    assert nonzero < 0.3 * model.count_params() and 0 <= accuracy <= 1
     for old, new in zip(before, model.weights):  # kernels and batch-norm statistics
         np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
 
