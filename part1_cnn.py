@@ -223,7 +223,8 @@ def run_settings(args, data_id):
     """What every experiment of a run shares; results are keyed by it."""
     return {**data_id, "train_limit": args.train_limit, "seed": args.seed,
             "epochs": args.epochs, "batch_size": args.batch_size,
-            "precision": precision.resolve(args.precision)}
+            # steps 4-7 train in float32 whatever --precision says (the study's)
+            "reference_precision": precision.resolve(args.precision)}
 
 
 def plot_figures(run, figures_dir):

@@ -42,8 +42,8 @@ from common.results import NUMBER, Map, Nullable
 BUDGETS = (0.5, 0.3, 0.2, 0.15, 0.1, 0.08, 0.06, 0.05)
 # Per conv: shares of its filters kept, and Tucker-2 ranks as shares of its
 # remaining channels (None: not decomposed).
-KEEPS = (1.0, 0.75, 0.5, 0.25)
-RANKS = (None, 0.5, 0.25)
+KEEPS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
+RANKS = (None, 0.75, 0.5, 0.25)
 # Training images for the activation criterion (which filters go: Part 2's
 # structured run found it best at large reductions) and for batch-norm
 # re-estimation of every model built.

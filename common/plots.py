@@ -32,8 +32,9 @@ def dataset_name(run):
 
 
 def _percent(ax, axis="y"):
-    """Accuracy axes in percent (the records hold fractions)."""
-    getattr(ax, f"{axis}axis").set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    """Accuracy axes in percent (the records hold fractions), with as many
+    decimals as the ticks' spacing needs (a zoomed axis: 87.5%, 88.0%, ...)."""
+    getattr(ax, f"{axis}axis").set_major_formatter(PercentFormatter(xmax=1, decimals=None))
 
 
 def _training_curves(runs, title, path, footnote, log_loss=False):
