@@ -58,6 +58,7 @@ CALIBRATION_MODELS = 8
 # of them that meets the budget is fine-tuned with the full recipe.
 CANDIDATES = 3
 SCREEN_IMAGES = 10_000
+SCREEN_ROUNDS = 4
 # Whole models at batch 1 on validation images, interleaved rounds.
 TIMING = {"images": 300, "repeats": 7, "threads": 1}
 CALIBRATION_IMAGES = 300          # int8's activation ranges, as Part 4
@@ -137,6 +138,7 @@ class Search:
         self.scores = structured.activation_importance(
             reference, self.convs, splits.train[0][:IMPORTANCE_IMAGES])
         self.calibration = self._calibration_images()
+        self._reference_float32 = None
 
     def _calibration_images(self):
         import numpy as np
@@ -155,6 +157,12 @@ class Search:
 
     def flatbuffer(self, model, precision=None):
         return self.flatbuffers([model], precision)[0]
+
+    def reference_float32(self):
+        """The float32 reference in LiteRT: every latency's baseline (made once)."""
+        if self._reference_float32 is None:
+            self._reference_float32 = self.flatbuffer(self.reference, "float32")
+        return self._reference_float32
 
     def build(self, configuration):
         """The reference under a configuration, batch norm re-estimated (the
@@ -331,14 +339,20 @@ def sensitivity(s):
 
 def candidates(s, budget):
     """The configurations predicted to lose least within `budget` (a share of
-    the float32 reference's time), slowest first, CANDIDATES at a time."""
+    the float32 reference's time), slowest first; the unchanged reference
+    first of all where it is predicted to fit (a choice measured no worse
+    than the reference counts as losing nothing, so the front drops the
+    reference for anything faster)."""
     from common import search
     base = s.run.find()["precision"]["float32"]["median"]
     front = search.best_configurations(s.block_seconds, s.drop, s.options, len(s.convs),
                                        budget * base / 400)
     feasible = [config for seconds, loss, config in front
                 if s.predicted_seconds(config) <= budget * base]
-    return list(reversed(feasible))
+    unchanged = tuple(search.IDENTITY for _ in s.convs)
+    first = [unchanged] if unchanged not in feasible and \
+        s.predicted_seconds(unchanged) <= budget * base else []
+    return first + list(reversed(feasible))
 
 
 def screen(s, budget):
@@ -346,51 +360,58 @@ def screen(s, budget):
     pass over SCREEN_IMAGES training images (teacher: the reference), and
     measured in the deployed precision: validation accuracy in LiteRT and
     latency beside the float32 reference. Returns the best that meets the
-    budget (its row), trying slower-predicted ones no further than needed."""
-    from common import deploy, search, training
-    from common.training import accuracy
-    ranked = candidates(s, budget)
-    if not ranked:
-        print(f"  budget {budget:g}: below anything the search space reaches here")
-        return None
-    reference = s.flatbuffer(s.reference, "float32")
+    budget (its row). Where none does, the prediction is corrected by how far
+    the measured latencies were off (their median ratio to the predicted) and
+    the next few are tried, SCREEN_ROUNDS times at most."""
+    from common import search
     stored = {row["key"]: row for row in s.run.find().get("candidates", [])}
-    base = s.run.find()["precision"]["float32"]["median"]
-    rows = []
-    for start in range(0, len(ranked), CANDIDATES):
-        for configuration in ranked[start:start + CANDIDATES]:
+    rows, factor = [], 1.0   # the rows considered: the best-predicted of each round
+    for _ in range(SCREEN_ROUNDS):
+        ranked = [c for c in candidates(s, budget / factor)
+                  if f"{budget:g} {search.configurations_key(c)}" not in
+                  {row["key"] for row in rows}]
+        for configuration in ranked[:CANDIDATES]:
             key = f"{budget:g} {search.configurations_key(configuration)}"
-            if key in stored:
-                rows.append(stored[key])
-                continue
-            model = s.build(configuration)
-            if not s.unchanged(configuration):
-                screen_train = tuple(part[:SCREEN_IMAGES] for part in s.splits.train)
-                training.fine_tune(model, screen_train, None, epochs=1, teacher=s.reference,
-                                   seed=s.run.settings["seed"], verbose=0, **{
-                                       k: v for k, v in s.run.settings["fine_tune"].items()
-                                       if k != "epochs"})
-            flatbuffer = s.flatbuffer(model)
-            latency = deploy.latency({"reference": reference, "candidate": flatbuffer},
-                                     s.splits.validation[0][:100], "reference", (1,),
-                                     TIMING["repeats"], s.run.settings["seed"],
-                                     progress=False)["1"]
-            row = {"key": key, "budget": budget, "configuration": key.split(" ", 1)[1],
-                   "predicted_ratio": s.predicted_seconds(configuration) / base,
-                   "ratio": latency["candidate"]["ratio"],
-                   "validation_accuracy": accuracy(
-                       deploy.predict(flatbuffer, s.splits.validation[0]),
-                       s.splits.validation[1])}
-            s.run.upsert("candidates", "key", row)
-            rows.append(row)
-            print(f"  budget {budget:g}: {row['configuration']}: predicted "
-                  f"x{row['predicted_ratio']:.3f}, measured x{row['ratio']:.3f}, validation "
-                  f"{row['validation_accuracy']:.4f}")
+            rows.append(stored.get(key) or measure_candidate(s, budget, configuration))
         feasible = [row for row in rows if row["ratio"] <= budget]
         if feasible:
             return max(feasible, key=lambda row: row["validation_accuracy"])
+        if not ranked:
+            break
+        # the measured were slower than predicted: aim lower by as much (the median)
+        factor = max(factor, float(sorted(r["ratio"] / r["predicted_ratio"]
+                                          for r in rows)[len(rows) // 2]))
     print(f"  budget {budget:g}: no configuration measured within it")
     return None
+
+
+def measure_candidate(s, budget, configuration):
+    """One configuration built, fine-tuned briefly and measured (see `screen`);
+    its row, stored."""
+    from common import deploy, search, training
+    from common.training import accuracy
+    key = f"{budget:g} {search.configurations_key(configuration)}"
+    model = s.build(configuration)
+    if not s.unchanged(configuration):
+        screen_train = tuple(part[:SCREEN_IMAGES] for part in s.splits.train)
+        training.fine_tune(model, screen_train, None, epochs=1, teacher=s.reference,
+                           seed=s.run.settings["seed"], verbose=0, **{
+                               k: v for k, v in s.run.settings["fine_tune"].items()
+                               if k != "epochs"})
+    flatbuffer = s.flatbuffer(model)
+    latency = deploy.latency({"reference": s.reference_float32(), "candidate": flatbuffer}, s.splits.validation[0][:100],
+                             "reference", (1,), TIMING["repeats"], s.run.settings["seed"],
+                             progress=False)["1"]
+    base = s.run.find()["precision"]["float32"]["median"]
+    row = {"key": key, "budget": budget, "configuration": key.split(" ", 1)[1],
+           "predicted_ratio": s.predicted_seconds(configuration) / base,
+           "ratio": latency["candidate"]["ratio"],
+           "validation_accuracy": accuracy(deploy.predict(flatbuffer, s.splits.validation[0]),
+                                           s.splits.validation[1])}
+    s.run.upsert("candidates", "key", row)
+    print(f"  budget {budget:g}: {row['configuration']}: predicted x{row['predicted_ratio']:.3f}, "
+          f"measured x{row['ratio']:.3f}, validation {row['validation_accuracy']:.4f}")
+    return row
 
 
 def finish(s, budget, chosen):
