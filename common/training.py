@@ -5,6 +5,7 @@ import os
 import shutil
 import sys
 import time
+import weakref
 
 import filelock
 import keras
@@ -294,13 +295,20 @@ def accuracy(probabilities, one_hot):
     return float(np.mean(np.argmax(probabilities, 1) == np.argmax(one_hot, 1)))
 
 
+_EVALUATORS = weakref.WeakKeyDictionary()  # model -> a compiled model sharing its layers
+
+
 def accuracy_on(model, data, batch_size=1000):
     """Accuracy of `model` on `data` = (images, one-hot labels), no augmentation:
-    Keras' own evaluation, the model compiled for it once (a loss is required)."""
-    if not getattr(model, "_compiled_for_accuracy", False):
-        model.compile(loss="categorical_crossentropy", metrics=["categorical_accuracy"])
-        model._compiled_for_accuracy = True
-    scores = model.evaluate(*data, batch_size=batch_size, verbose=0, return_dict=True)
+    Keras' own evaluation, through a model that shares `model`'s layers and is
+    compiled for it (once per model; `model` itself stays uncompiled, so that
+    no optimizer state is saved with it)."""
+    if model not in _EVALUATORS:
+        evaluator = keras.Model(model.inputs, model.outputs)
+        evaluator.compile(loss="categorical_crossentropy", metrics=["categorical_accuracy"])
+        _EVALUATORS[model] = evaluator
+    scores = _EVALUATORS[model].evaluate(*data, batch_size=batch_size, verbose=0,
+                                         return_dict=True)
     return round(float(scores["categorical_accuracy"]), 6)
 
 
