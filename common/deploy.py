@@ -17,6 +17,7 @@ delegate LiteRT applies by default.
 """
 
 import gzip
+import importlib
 import json
 import os
 import subprocess
@@ -95,12 +96,18 @@ def to_flatbuffers(jobs):
                 np.save(os.path.join(folder, f"{i}.npy"), np.asarray(calibration_images,
                                                                       np.float32))
             listed.append({"precision": precision, "sparse": bool(sparse),
-                           "calibration": calibration_images is not None})
+                           "calibration": calibration_images is not None,
+                           # where the model's own layer classes are defined, imported
+                           # there before it is loaded (they register themselves)
+                           "modules": sorted({type(layer).__module__
+                                              for layer in leaf_layers(model)
+                                              if not type(layer).__module__.startswith("keras")})})
         with open(os.path.join(folder, "jobs.json"), "w") as f:
             json.dump(listed, f)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         done = subprocess.run([sys.executable, "-m", "common.deploy", folder], cwd=root,
-                              env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+                              env={**os.environ, "KERAS_BACKEND": "tensorflow",
+                                   "PYTHONPATH": os.pathsep.join([root, *sys.path])},
                               capture_output=True, text=True)
         if done.returncode == 2:
             raise ValueError(done.stderr.strip().splitlines()[-1])
@@ -118,6 +125,8 @@ def _convert_folder(folder):
     with open(os.path.join(folder, "jobs.json")) as f:
         jobs = json.load(f)
     for i, job in enumerate(jobs):
+        for module in job["modules"]:
+            importlib.import_module(module)
         model = keras.saving.load_model(os.path.join(folder, f"{i}.keras"), compile=False,
                                         safe_mode=True)
         calibration = np.load(os.path.join(folder, f"{i}.npy")) if job["calibration"] else None

@@ -167,11 +167,11 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch,
     sealed_test_set(part4_deploy)
     converted = []
 
-    def spy(model, precision, calibration_images, sparse):
-        converted.append((precision, sparse, calibration_images))
-        return convert(model, precision, calibration_images, sparse)
-    convert = deploy._convert
-    monkeypatch.setattr(deploy, "_convert", spy)
+    def spy(jobs):
+        converted.extend((precision, sparse, images) for _, precision, images, sparse in jobs)
+        return convert(jobs)
+    convert = deploy.to_flatbuffers
+    monkeypatch.setattr(deploy, "to_flatbuffers", spy)
     argv = ["--data-dir", tiny_cifar[0], "--output-dir", out, "--model", tiny_model_file,
             "--timing-images", "3", "--timing-repeats", "2"]
     assert run(argv) == 0
