@@ -32,6 +32,8 @@ stored row whose model file is absent or changed is made again.
 import functools
 import os
 
+# TensorFlow is imported inside the functions that need it, so that --help and
+# --plot-only answer at once.
 from common import cli, runs
 from common.results import NUMBER, Map, runs_of_other_part
 
@@ -99,11 +101,8 @@ def parse_args(argv=None):
                         help="epochs of fine-tuning (pruning gradually, then with fixed "
                              "masks); 0 skips it (default: %(default)s)")
     args = parser.parse_args(argv)
-    names = [sparsity_name(s) for s in args.fine_tune_sparsities]
-    clash = sorted({n for n in names if names.count(n) > 1})
-    if clash:
-        parser.error(f"--fine-tune-sparsities: values that name the same model "
-                     f"(pruned_{clash[0]}); give each once")
+    cli.one_model_each(parser, "--fine-tune-sparsities", args.fine_tune_sparsities,
+                       lambda v: f"pruned_{sparsity_name(v)}")
     return args
 
 

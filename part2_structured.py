@@ -30,6 +30,8 @@ epoch.
 
 import os
 
+# TensorFlow is imported inside the functions that need it, so that --help and
+# --plot-only answer at once.
 from common import cli, machine, runs
 from common.results import NUMBER, Map
 
@@ -88,11 +90,8 @@ def parse_args(argv=None):
                                           "reduction; 0 skips fine-tuning and timing "
                                           "(default: %(default)s)")
     args = parser.parse_args(argv)
-    names = [reduction_name(r) for r in args.flops_reductions]
-    clash = sorted({n for n in names if names.count(n) > 1})
-    if clash:
-        parser.error(f"--flops-reductions: values that name the same model "
-                     f"(structured_{clash[0]}); give each once")
+    cli.one_model_each(parser, "--flops-reductions", args.flops_reductions,
+                       lambda v: f"structured_{reduction_name(v)}")
     return args
 
 

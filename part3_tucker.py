@@ -25,6 +25,8 @@ model file checked against the row's digest, unless --force.
 
 import os
 
+# TensorFlow is imported inside the functions that need it, so that --help and
+# --plot-only answer at once.
 from common import cli, machine, runs
 from common.results import NUMBER, Map, Nullable
 

@@ -33,6 +33,8 @@ stored as it ends: a killed run resumes where it was.
 import functools
 import os
 
+# TensorFlow is imported inside the functions that need it, so that --help and
+# --plot-only answer at once.
 from common import cli, runs
 from common.results import NUMBER, Map, Nullable
 

@@ -8,9 +8,12 @@ Tucker-2 at k = 4 (Part 3), it fine-tunes with the recipe and with one change
 at a time (the peak learning rate of 0.05; no teacher; pruned in one shot;
 for Tucker-2, its earlier recipe: peak 0.05 without a teacher), the same seed
 each, and stores every variant's validation accuracy per epoch in
-results/probes.json under "fine_tune_recipe".
+results/probes.json under "fine_tune_recipe" (seeds other than 0 are named
+in their entries).
 
     python bench/fine_tune_recipe.py --data-dir DIR     (~30 min on 2 cores)
+    python bench/fine_tune_recipe.py --data-dir DIR --method tucker --seed 1 \
+        --variants recipe "peak lr 0.05, no teacher"
 
 The test set is never read.
 """
@@ -64,25 +67,32 @@ def main():
     parser.add_argument("--data-dir")
     parser.add_argument("--model", default=os.path.join(cli.REPO_ROOT, cli.DEFAULT_MODEL))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", choices=("pruned", "tucker", "both"), default="both")
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
+                        help="only these variants (default: all of each method's)")
     args = parser.parse_args()
     splits = load_for_run(args.data_dir)
     cli.load_backend()
     path = os.path.join(cli.REPO_ROOT, "results", "probes.json")
     probe = {"what": __doc__.split("\n\n")[1].replace("\n", " "),
              "model_sha256": file_digest(args.model), "data": splits.data_id,
-             "recipe": training.fine_tune_recipe(), "gradual": GRADUAL, "seed": args.seed,
+             "recipe": training.fine_tune_recipe(), "gradual": GRADUAL, "seed": 0,
              "machine": machine.label(machine.identity()), "validation_accuracy": {}}
     stored = read_json(path).get("fine_tune_recipe", {})
     if {k: stored.get(k) for k in ("model_sha256", "data", "recipe")} == \
             {k: probe[k] for k in ("model_sha256", "data", "recipe")}:
         probe["validation_accuracy"] = stored["validation_accuracy"]  # resume
-    todo = [(m, v) for m in ("pruned 90%", "Tucker k = 4")
+    methods = {"pruned": ["pruned 90%"], "tucker": ["Tucker k = 4"],
+               "both": ["pruned 90%", "Tucker k = 4"]}[args.method]
+    suffix = f", seed {args.seed}" if args.seed else ""
+    todo = [(m, v) for m in methods
             for v in (PRUNED_VARIANTS if m == "pruned 90%" else TUCKER_VARIANTS)
-            if f"{m}: {v}" not in probe["validation_accuracy"]]
+            if f"{m}: {v}{suffix}" not in probe["validation_accuracy"]
+            and (args.variants is None or v in args.variants)]
     for method, variant in todo:
         start = time.perf_counter()
         accuracies = fine_tuned(method, variant, args.model, splits, args.seed)
-        probe["validation_accuracy"][f"{method}: {variant}"] = accuracies
+        probe["validation_accuracy"][f"{method}: {variant}{suffix}"] = accuracies
         probes = read_json(path)
         probes["fine_tune_recipe"] = probe
         write_json(path, probes)

@@ -127,6 +127,15 @@ def make_parser(description, epilog=None, epochs=True):
     return parser
 
 
+def one_model_each(parser, option, values, model_name):
+    """Exit 2 (one line) where two values of `option` would name the same
+    model file, e.g. --flops-reductions 0.5 0.5000001."""
+    names = [model_name(v) for v in values]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        parser.error(f"{option}: values that name the same model ({clash[0]}); give each once")
+
+
 def output_paths(output_dir):
     """The results/, figures/, models/ and checkpoints/ folders under
     `output_dir`, created and checked writable (ValueError naming the folder)."""

@@ -1,5 +1,7 @@
 """One function per figure. Each takes records (as stored in results/*.json) and a path."""
 
+import textwrap
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only; works without a display
@@ -31,10 +33,24 @@ def dataset_name(run):
     return "CIFAR-10 (JPEG copy)" if "JPEG copy" in data else "CIFAR-10"
 
 
+class _PercentTicks(PercentFormatter):
+    """Fractions in percent with as many decimals as the ticks' spacing needs
+    (steps of 0.5 points: 87.5%, 88.0%, ...; of 2 points: 86%, 88%, ...)."""
+
+    def __init__(self):
+        super().__init__(xmax=1)
+
+    def format_ticks(self, values):
+        steps = [100 * (b - a) for a, b in zip(values, values[1:])] or [1]
+        step = min(steps)
+        self.decimals = next((d for d in range(4) if abs(step * 10 ** d
+                                                         - round(step * 10 ** d)) < 1e-6), 4)
+        return super().format_ticks(values)
+
+
 def _percent(ax, axis="y"):
-    """Accuracy axes in percent (the records hold fractions), with as many
-    decimals as the ticks' spacing needs (a zoomed axis: 87.5%, 88.0%, ...)."""
-    getattr(ax, f"{axis}axis").set_major_formatter(PercentFormatter(xmax=1, decimals=None))
+    """Accuracy axes in percent (the records hold fractions)."""
+    getattr(ax, f"{axis}axis").set_major_formatter(_PercentTicks())
 
 
 def _training_curves(runs, title, path, footnote, log_loss=False):
@@ -150,9 +166,16 @@ def _zoom_panels(title, draw, zoom_ylim, figsize=(12, 4.4)):
 
 def _save_below(fig, ax, path, ncol=3, bottom=0.14):
     """Legend below the panels (off the data), above the footnote line, then save."""
+    notes = [t for t in fig.texts if t.get_gid() == "footnote"]
+    extra = 0.0  # the height of a footnote's lines beyond its first
+    if notes:
+        fig.canvas.draw()
+        height = notes[0].get_window_extent().transformed(fig.transFigure.inverted()).height
+        lines = notes[0].get_text().count("\n") + 1
+        extra = height * (lines - 1) / lines
     fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=ncol, fontsize=8,
-               frameon=False, bbox_to_anchor=(0.5, 0.025))
-    fig.tight_layout(rect=(0, bottom, 1, 1))
+               frameon=False, bbox_to_anchor=(0.5, 0.025 + extra))
+    fig.tight_layout(rect=(0, bottom + extra, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -197,7 +220,10 @@ def _settings_line(run):
 
 
 def _footnote(fig, text):
-    fig.text(0.01, 0.005, text, fontsize=7, color="0.35", ha="left", va="bottom")
+    """Settings and machine in small print along the bottom, wrapped to the
+    figure's width."""
+    fig.text(0.01, 0.005, textwrap.fill(text, int(19 * fig.get_figwidth())), fontsize=7,
+             color="0.35", ha="left", va="bottom", gid="footnote")
 
 
 def plot_accuracy_vs_k(results, path):
@@ -593,8 +619,8 @@ def plot_latency_prediction(run, path):
     top = 1.05 * max(x + y)
     ax.plot([0, top], [0, top], "k:", lw=0.8, label="measured = sum")
     ax.plot([0, top], [line["intercept"] * 1e6, line["intercept"] * 1e6 + line["slope"] * top],
-            "--", color="grey", label=f"fit: {line['slope']:.2f} × sum + "
-                                      f"{1e6 * line['intercept']:.0f} µs")
+            "--", color="grey", label=f"fit: {line['slope']:.2f} × sum "
+                                      f"{1e6 * line['intercept']:+.0f} µs")
     ax.set(xlabel="sum of the blocks' latencies (µs)", ylabel="measured end to end (µs)",
            xlim=(0, top), ylim=(0, top),
            title=f"Predicting latency from blocks, R² = {line['r2']:.3f}\n"

@@ -1,7 +1,7 @@
 """Markdown tables of any output folder's results, beside the study's numbers.
 
-    python -m common.report                    # the repository's results
-    python -m common.report --output-dir DIR   # the runs written under DIR
+    python common/report.py                    # the repository's results
+    python common/report.py --output-dir DIR   # the runs written under DIR
     python REPO/common/report.py ...           # the same, from any folder
 
 The README's tables are this output, so every number there comes from
@@ -29,8 +29,11 @@ def part1_table(part1):
     study = {"baseline": "~59%, saturates after ~15 epochs", "lr0.1": "fails to train",
              "lr1": "fails to train", "maxpool": ">60% by epoch 10, ends above baseline",
              "augment": "~68% after 50 epochs, still rising"}
-    rows = ["| experiment | epochs | test acc. epoch 10 | final test acc. | best | minutes | study |",
-            "|---|---|---|---|---|---|---|"]
+    recorded = part1.get("meta", {}).get("machine")
+    on = machine.label(recorded) if isinstance(recorded, dict) else \
+        f"{recorded or 'a machine'}, CPU not recorded"
+    rows = ["| experiment | epochs | test acc. epoch 10 | final test acc. | best "
+            f"| minutes ({on}) | study |", "|---|---|---|---|---|---|---|"]
     for name, entry in part1["experiments"].items():
         if name == "reference" or not entry.get("complete"):
             continue
@@ -309,8 +312,8 @@ def part5_table(part5):
         lines.append(f"| {row['budget']:g} | "
                      + " | ".join(_choice(row["layers"][c]) for c in convs) + " |")
     if line:
-        lines.append(f"\nLatency predicted from the blocks: {line['slope']:.3f} × sum + "
-                     f"{1e6 * line['intercept']:.1f} µs, R² = {line['r2']:.3f} over "
+        lines.append(f"\nLatency predicted from the blocks: {line['slope']:.3f} × sum "
+                     f"{1e6 * line['intercept']:+.1f} µs, R² = {line['r2']:.3f} over "
                      f"{len(line['points'])} whole models.")
     return "\n".join(lines)
 

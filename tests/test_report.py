@@ -1,4 +1,4 @@
-"""python -m common.report: tables of any output folder's runs."""
+"""python common/report.py: tables of any output folder's runs."""
 
 import os
 
