@@ -265,14 +265,42 @@ def timing(run, model, chosen, images):
 
 
 def plot_figures(run, figures_dir):
+    """The figure of one machine's timings: this machine's if it has timed
+    these models, else the last machine's; Part 3's Tucker-2 models beside,
+    where Part 3 timed them from the same reference on that machine."""
     from common import plots
-    keras_block = machine.this_machine(run.get("keras_timings"))
-    litert_block = machine.this_machine(run.get("litert_timings"))
-    if not (run.get("finetuned") and keras_block and litert_block):
-        print("part2_structured.png not drawn: no fine-tuned models timed on this machine")
+    keras_block = machine.this_machine(run.get("keras_timings")) or \
+        (run.get("keras_timings") or [None])[-1]
+    litert_block = keras_block and next(
+        (b for b in reversed(run.get("litert_timings") or [])
+         if machine.same_machine(b["machine"], keras_block["machine"])), None)
+    if not (run.get("finetuned") and litert_block):
+        print("part2_structured.png not drawn: no fine-tuned models timed in Keras and "
+              "LiteRT on one machine")
         return
-    print("wrote", plots.plot_structured(run, keras_block, litert_block,
-                                         os.path.join(figures_dir, "part2_structured.png")))
+    path = os.path.join(figures_dir, "part2_structured.png")
+    print("wrote", plots.plot_structured(run, keras_block, litert_block, path,
+                                         tucker_points(run, keras_block, figures_dir)))
+
+
+def tucker_points(run, keras_block, figures_dir):
+    """(k, Keras time ratio, test accuracy) of Part 3's fine-tuned models made
+    from the same reference and data and timed on the same machine and
+    backend at the same batch size, from the results beside `figures_dir`."""
+    from common.results import runs_of_other_part
+    keys = ("model_sha256", "data_sha256", "validation_sha256", "train_limit")
+    part3 = os.path.join(os.path.dirname(figures_dir), "results", "part3.json")
+    for other in runs_of_other_part(part3) or []:
+        if any(other["settings"].get(k) != run["settings"].get(k) for k in keys):
+            continue
+        for block in reversed(other.get("timings") or []):
+            same = all(block["params"].get(k) == keras_block["params"].get(k)
+                       for k in ("batch_size", "backend", "batch_norm_folded"))
+            if same and machine.same_machine(block["machine"], keras_block["machine"]):
+                return [(row["k"], block["models"][f"k{row['k']}"]["ratio"], row["test_accuracy"])
+                        for row in other["sweep"] if f"k{row['k']}" in block["models"]
+                        and row.get("test_accuracy") is not None]
+    return []
 
 
 def main(argv=None):

@@ -45,7 +45,7 @@ SPARSE_PRECISIONS = ("float32", "int8")
 # row fields of its test accuracy in Keras.
 FAMILIES = {
     "tucker": ("part3.json", "sweep", "k", (4,), "python part3_tucker.py --k {}"),
-    "pruned": ("part2.json", "finetune", "sparsity", (0.9, 0.95),
+    "pruned": ("part2.json", "finetune", "sparsity", (0.9,),
                "python part2_prune.py --fine-tune-sparsities {}"),
     "structured": ("part2_structured.json", "finetuned", "flops_reduction",
                    (0.5, 0.55, 0.65, 0.75), "python part2_structured.py --flops-reductions {}"),

@@ -14,7 +14,8 @@ CHANCE = 0.1  # ten balanced classes
 
 
 def _save(fig, path):
-    fig.tight_layout()
+    """Laid out above the footnote, if any, and saved."""
+    fig.tight_layout(rect=(0, _footnote_height(fig), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -164,15 +165,21 @@ def _zoom_panels(title, draw, zoom_ylim, figsize=(12, 4.4)):
     return fig, full, zoom
 
 
+def _footnote_height(fig):
+    """The height of the figure's footnote (a fraction of the figure), 0 if none."""
+    notes = [t for t in fig.texts if t.get_gid() == "footnote"]
+    if not notes:
+        return 0.0
+    fig.canvas.draw()
+    return notes[0].get_window_extent().transformed(fig.transFigure.inverted()).height + 0.01
+
+
 def _save_below(fig, ax, path, ncol=3, bottom=0.14):
     """Legend below the panels (off the data), above the footnote line, then save."""
+    height = _footnote_height(fig)
     notes = [t for t in fig.texts if t.get_gid() == "footnote"]
-    extra = 0.0  # the height of a footnote's lines beyond its first
-    if notes:
-        fig.canvas.draw()
-        height = notes[0].get_window_extent().transformed(fig.transFigure.inverted()).height
-        lines = notes[0].get_text().count("\n") + 1
-        extra = height * (lines - 1) / lines
+    lines = notes[0].get_text().count("\n") + 1 if notes else 1
+    extra = height * (lines - 1) / lines  # the footnote's lines beyond its first
     fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=ncol, fontsize=8,
                frameon=False, bbox_to_anchor=(0.5, 0.025 + extra))
     fig.tight_layout(rect=(0, bottom + extra, 1, 1))
@@ -414,11 +421,13 @@ def _point_label(row):
 def plot_deployment(results, path):
     """Part 4: test accuracy in LiteRT against latency (batch 1, 1 thread) and
     against gzipped bytes, every model and precision of one run (one machine).
-    Colour: method; marker: precision (hollow: sparse-encoded); the points of
-    one method and precision joined; the float32 original a star."""
-    rows = [r for r in results["models"] if "latency" in r]
+    Colour: method; marker: precision; the points of one method and precision
+    joined; the float32 original a star. Dynamic-range int8 and sparse-encoded
+    flatbuffers are left to the table (they sit on their float32 / int8 twins)."""
+    rows = [r for r in results["models"] if "latency" in r
+            and r["precision"] in ("float32", "int8") and not r["sparse"]]
     settings = results["settings"]
-    fig, (time_ax, size_ax) = plt.subplots(1, 2, figsize=(13, 5.6), sharey=True)
+    fig, (time_ax, size_ax) = plt.subplots(1, 2, figsize=(14, 6.4), sharey=True)
     panels = ((time_ax, lambda r: 1e3 * r["latency"]["1"]["median"],
                "latency per image, batch 1, 1 thread (ms, log scale)"),
               (size_ax, lambda r: r["gzip_bytes"] / 1e6, "file size, gzipped (MB, log scale)"))
@@ -445,9 +454,12 @@ def plot_deployment(results, path):
                 ax.axvline(x_of(members[0]), color="k", ls=":", lw=0.8)
                 ax.axhline(members[0]["test_accuracy"], color="k", ls=":", lw=0.8)
         ax.set_xscale("log")
+        xs = [x_of(r) for r in rows]
+        lo, hi = min(xs) / 1.15, max(xs) * 1.15
+        ax.set_xticks([t for t in (0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 3, 5, 10, 20) if lo <= t <= hi])
+        ax.set_xlim(lo, hi)
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
-        ax.tick_params(axis="x", which="minor", labelsize=7)
+        ax.xaxis.set_minor_formatter(FormatStrFormatter(""))
         ax.set(xlabel=xlabel)
         ax.grid(alpha=0.3, which="both")
     time_ax.set(ylabel="test accuracy (LiteRT)")
@@ -458,28 +470,29 @@ def plot_deployment(results, path):
     handles += [plt.Line2D([], [], ls="-", marker="o", color=METHOD_COLOURS[family],
                            label=name) for family, name in FAMILY_NAMES.items()
                 if family in families and family != "original"]
-    handles += [plt.Line2D([], [], ls="", marker=m, color="grey", label=p)
-                for p, m in PRECISION_MARKERS.items()]
-    if any(row["sparse"] for row in rows):
-        handles.append(plt.Line2D([], [], ls="", marker="o", color="grey", mfc="white",
-                                  label="sparse-encoded (hollow)"))
-    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    handles += [plt.Line2D([], [], ls="", marker=PRECISION_MARKERS[p], color="grey", label=p)
+                for p in ("float32", "int8")]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.035))
     timing = settings["timing"]
     fig.suptitle(f"Deployed in LiteRT on {machine_label(settings['machine'])} (XNNPACK; labels on "
                  "the int8 points)")
     _footnote(fig, f"{timing['images']} validation images x {timing['repeats']} interleaved "
-                   f"rounds per flatbuffer; accuracy on all test images; "
+                   f"rounds per flatbuffer; accuracy on all test images; dynamic-range int8 "
+                   f"and sparse-encoded: docs/part4.md; "
                    f"{_settings_line(results)}")
-    fig.tight_layout(rect=(0, 0.13, 1, 1))
+    fig.tight_layout(rect=(0, 0.15, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def plot_structured(run, keras_timing, litert_timing, path):
+def plot_structured(run, keras_timing, litert_timing, path, tucker=()):
     """Part 2, structured: test accuracy of each fine-tuned filter-removed
     model against its time relative to the original, in Keras (batch 256)
-    and in LiteRT (float32, batch 1, 1 thread), both timings of one machine."""
+    and in LiteRT (float32, batch 1, 1 thread), both timings of one machine;
+    `tucker`: (k, Keras time ratio, test accuracy) of Part 3's models timed
+    on the same machine, drawn in the Keras panel."""
     if keras_timing["label"] != litert_timing["label"]:
         raise ValueError("the two timings are of different machines: "
                          f"{keras_timing['label']} and {litert_timing['label']}")
@@ -488,6 +501,8 @@ def plot_structured(run, keras_timing, litert_timing, path):
     fig, (keras_ax, litert_ax) = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     original = run["original"]["test_accuracy"]
     colour = METHOD_COLOURS["structured"]
+    low = min(r["test_accuracy"] for r in rows) - 0.01  # filter removal's range
+    shown = [t for t in tucker if t[2] >= low]
     for ax, block, title in ((keras_ax, keras_timing, "Keras/TensorFlow, batch 256"),
                              (litert_ax, litert_timing, "LiteRT float32, batch 1, 1 thread")):
         points = [(block["models"][f"-{100 * r['flops_reduction']:g}%"]["ratio"],
@@ -495,19 +510,28 @@ def plot_structured(run, keras_timing, litert_timing, path):
                   if f"-{100 * r['flops_reduction']:g}%" in block["models"]]
         ax.plot([p[0] for p in points], [p[1] for p in points], "^-", color=colour,
                 label="filters removed + fine-tuned")
-        for x, y, r in points:
+        for i, (x, y, r) in enumerate(points):  # neighbours' labels above and below
             ax.annotate(f"−{100 * r['flops_reduction']:g}% FLOPs", (x, y), fontsize=7,
-                        xytext=(5, -3), textcoords="offset points", color=colour)
+                        xytext=(6, -10 if i % 2 else 3), textcoords="offset points",
+                        color=colour)
+        if ax is keras_ax and shown:
+            ax.plot([t[1] for t in shown], [t[2] for t in shown], "o--",
+                    color=METHOD_COLOURS["tucker"], label="Tucker-2 + fine-tuned (Part 3)")
+            for k, x, y in shown:
+                ax.annotate(f"k={k}", (x, y), fontsize=7, xytext=(-6, 0), ha="right",
+                            va="center", textcoords="offset points",
+                            color=METHOD_COLOURS["tucker"])
         ax.plot(1, original, "k*", ms=12, label="original")
         ax.axhline(original, color="k", ls=":", lw=0.8)
         ax.set(xlabel="time relative to the original (median of interleaved rounds)",
                title=title, xlim=(0, 1.1))
         ax.grid(alpha=0.3)
-    keras_ax.set(ylabel="test accuracy")
+    keras_ax.set(ylabel="test accuracy", ylim=(low, original + 0.004))
     _percent(keras_ax)
     fig.suptitle(f"Filters removed: accuracy against measured time on {keras_timing['label']}")
-    _footnote(fig, _settings_line(run))
-    return _save_below(fig, keras_ax, path, ncol=2, bottom=0.12)
+    _footnote(fig, "".join(f"Tucker-2 k = {k} ({100 * y:.2f}%, time {x:.3f}) is below the "
+                           "axis; " for k, x, y in tucker if y < low) + _settings_line(run))
+    return _save_below(fig, keras_ax, path, ncol=3, bottom=0.12)
 
 
 def plot_budget_front(run, part4, path):
@@ -561,17 +585,22 @@ def plot_budget_front(run, part4, path):
         ax.axhspan(base - 0.015, base - 0.01, color="C8", alpha=0.12, label="within 1.5 points")
         ax.set_ylim(base - 0.06, base + 0.01)
     ax.set_xscale("log")
+    ax.set_xticks([0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1, 1.5])
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
-    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.xaxis.set_minor_formatter(FormatStrFormatter(""))
     ax.set(xlabel="latency relative to the float32 original (LiteRT, batch 1, 1 thread; log)",
            ylabel="test accuracy (LiteRT)",
-           title=f"Most accurate model per latency budget on "
+           title=f"Accuracy against measured latency, every method, one machine:\n"
                  f"{machine_label(run['settings']['machine'])}")
     _percent(ax)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    _footnote(fig, f"{source}; {_settings_line(run)}")
+    low = ax.get_ylim()[0]
+    hidden = [f"{FAMILY_NAMES[r['family']].split(' (')[0]} {_point_label(r)} {r['precision']} "
+              f"({100 * r['test_accuracy']:.1f}%)" for r in part4_rows
+              if r["test_accuracy"] < low and r["family"] != "original"]
+    _footnote(fig, (f"below the axis: {', '.join(hidden)}; " if hidden else "")
+              + f"{source}; {_settings_line(run)}")
     return _save(fig, path)
 
 
