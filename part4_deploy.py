@@ -243,7 +243,9 @@ def report(run, flatbuffers, splits):
 def timing(run, flatbuffers, images):
     """Every flatbuffer timed together with the float32 original (the ratios'
     baseline) at each thread count, unless the stored timing is of exactly
-    these files (the settings hold this machine, so every timing is of it)."""
+    these files (the settings hold this machine, so every timing is of it).
+    Rows not timed now lose their latency (the previous file is backed up):
+    every latency stored is of one interleaved run."""
     from common import deploy, machine
     rows = [row for row in run.find()["models"] if row["name"] in flatbuffers]
     digests = {row["name"]: row["tflite_sha256"] for row in rows}
@@ -260,10 +262,12 @@ def timing(run, flatbuffers, images):
                              variant_name("original", "float32", False), THREADS,
                              params["repeats"], run.settings["seed"])
 
-    def record(stored_run):
+    def record(stored_run):  # the timing block describes exactly the rows with a latency
         for row in stored_run["models"]:
             if row["name"] in flatbuffers:
                 row["latency"] = {t: latency[t][row["name"]] for t in latency}
+            else:
+                row.pop("latency", None)  # timed in another run: not beside these
         stored_run["timing"] = {"params": params, "digests": digests, "call_overhead": {
             t: latency[t][deploy.CALL_OVERHEAD] for t in latency}}
     if stored:

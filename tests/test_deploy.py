@@ -237,6 +237,9 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch,
     printed = capsys.readouterr().out
     assert "not deployed: tucker 4" in printed and "has changed since its row" in printed
     assert "Tucker k = 4" not in printed
+    # The others were timed again without it: only they keep a latency, of that one run.
+    after = {row["name"]: row for row in stored_run(out, "part4")["models"]}
+    assert all(("latency" in row) != name.startswith("tucker_k4") for name, row in after.items())
 
 
 def test_another_machine_measures_again_and_stores_beside(tiny_cifar, tiny_model_file, tmp_path,
