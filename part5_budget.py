@@ -310,7 +310,7 @@ def calibrate(s):
                                            [p["measured"] for p in points])
     line = {"points": points, "slope": slope, "intercept": intercept, "r2": r2}
     s.run.update(lambda r: r.update(calibration=line))
-    print(f"whole-model latency = {slope:.3f} x (sum of blocks) + {1e6 * intercept:.1f} µs, "
+    print(f"whole-model latency = {slope:.3f} x (sum of blocks) {1e6 * intercept:+.1f} µs, "
           f"R^2 = {r2:.3f} over {len(points)} models")
     return line
 
@@ -336,7 +336,8 @@ def sensitivity(s):
             drops[search.configurations_key([choice])] = base - accuracy_on(
                 s.build(configuration), s.splits.validation)
         s.run.update(lambda r: r.setdefault("sensitivity", {}).update({conv: drops}))
-        progress.done(f"{conv}: " + ", ".join(f"{k} -{100 * v:.1f}" for k, v in drops.items()))
+        progress.done(f"{conv}: validation points lost " + ", ".join(
+            f"{k} {100 * v:.1f}" for k, v in drops.items()))
 
 
 def candidates(s, budget):
