@@ -35,7 +35,7 @@ import os
 # TensorFlow is imported inside the functions that need it, so that --help and
 # --plot-only answer at once.
 from common import cli, runs
-from common.results import NUMBER, Map, runs_of_other_part
+from common.results import NUMBER, Map, runs_alike
 
 # ---- configuration ---------------------------------------------------------
 # The study's rates, plus 95% and 99% where deep layers finally break.
@@ -267,9 +267,8 @@ def plot_figures(run, figures_dir, results_dir):
     if run.get("finetune"):
         print("wrote", plots.plot_finetune(run, path("part2_finetune.png")))
     # Pruning, Tucker-2 and filter removal on one model and one data set only.
-    others = {part: [o for o in runs_of_other_part(os.path.join(results_dir, f"{part}.json"))
-                     or [] if all(o["settings"].get(k) == run["settings"][k]
-                                  for k in ("model_sha256", "data_sha256", "validation_sha256"))]
+    others = {part: runs_alike(os.path.join(results_dir, f"{part}.json"), run["settings"],
+                               ("model_sha256", "data_sha256", "validation_sha256"))
               for part in ("part3", "part2_structured")}
     if others["part3"] and run.get("global"):
         print("wrote", plots.plot_compression_tradeoff(

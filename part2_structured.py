@@ -287,12 +287,9 @@ def tucker_points(run, keras_block, figures_dir):
     """(k, Keras time ratio, test accuracy) of Part 3's fine-tuned models made
     from the same reference and data and timed on the same machine and
     backend at the same batch size, from the results beside `figures_dir`."""
-    from common.results import runs_of_other_part
-    keys = ("model_sha256", "data_sha256", "validation_sha256", "train_limit")
+    from common.results import runs_alike
     part3 = os.path.join(os.path.dirname(figures_dir), "results", "part3.json")
-    for other in runs_of_other_part(part3) or []:
-        if any(other["settings"].get(k) != run["settings"].get(k) for k in keys):
-            continue
+    for other in runs_alike(part3, run["settings"]):
         for block in reversed(other.get("timings") or []):
             same = all(block["params"].get(k) == keras_block["params"].get(k)
                        for k in ("batch_size", "backend", "batch_norm_folded"))

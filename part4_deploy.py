@@ -33,7 +33,7 @@ import os
 # --plot-only answer at once.
 from common import cli, runs
 from common.data import VALIDATION_SIZE
-from common.results import NUMBER, Map, file_digest, runs_of_other_part
+from common.results import NUMBER, Map, file_digest, runs_alike
 
 # ---- configuration ---------------------------------------------------------
 PRECISIONS = ("float32", "dynamic_int8", "int8")
@@ -109,12 +109,10 @@ def compressed_models(settings, results_dirs):
     found : dict name -> (path, info), info the fields its Part 4 rows carry
     missing : list of lines, one per wanted model that is not there
     """
-    keys = ("model_sha256", "data_sha256", "validation_sha256", "train_limit")
     found, missing, seen = {}, [], {settings["model_sha256"]}
     for family, (part, section, key, wanted, command) in FAMILIES.items():
         rows = [(row, folder) for folder in results_dirs
-                for run in runs_of_other_part(os.path.join(folder, part)) or []
-                if all(run["settings"].get(k) == settings.get(k) for k in keys)
+                for run in runs_alike(os.path.join(folder, part), settings)
                 for row in run.get(section, [])]
         for row, folder in rows:
             name = family_name(family, row[key])

@@ -517,12 +517,11 @@ def report(s, budgets):
 
 def plot_figures(run, figures_dir, results_dir):
     from common import plots
-    from common.results import runs_of_other_part
+    from common.results import runs_alike
     if not run.get("front"):
         return
-    part4 = [other for other in runs_of_other_part(os.path.join(results_dir, "part4.json")) or []
-        if other["settings"]["model_sha256"] == run["settings"]["model_sha256"]
-        and other["settings"]["machine"] == run["settings"]["machine"]]
+    part4 = runs_alike(os.path.join(results_dir, "part4.json"), run["settings"],
+                       ("model_sha256", "machine"))
     path = os.path.join(figures_dir, "part5_budget_front.png")
     print("wrote", plots.plot_budget_front(run, part4[0] if part4 else None, path))
     print("wrote", plots.plot_budget_choices(run, os.path.join(

@@ -240,6 +240,18 @@ def runs_of_other_part(path):
         return None
 
 
+# The settings that say which model and data a run's rows were made from.
+SAME_SOURCE = ("model_sha256", "data_sha256", "validation_sha256", "train_limit")
+
+
+def runs_alike(path, settings, keys=SAME_SOURCE):
+    """The runs in another part's results file whose settings equal `settings`
+    on `keys` (by default: made from the same model and data); none, with one
+    warning line, when the file cannot be read."""
+    return [run for run in runs_of_other_part(path) or []
+            if all(run["settings"].get(k) == settings.get(k) for k in keys)]
+
+
 def upsert(rows, key, row):
     """`rows` (a list of dicts) with `row` in place of the one of the same `key`,
     sorted by `key`."""
