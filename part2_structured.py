@@ -20,8 +20,10 @@ with the original on this machine in Keras (batch 256) and in LiteRT
     python part2_structured.py --plot-only         # redraw the figure from the JSON
 
 The model is models/reference.keras of --output-dir, else the repository's;
---model takes any .keras CIFAR-10 classifier whose convs can be followed (a
-residual Add cannot). Results go to results/part2_structured.json piece by
+--model takes any .keras CIFAR-10 classifier: channels are removed in groups
+followed through residual adds, concatenations and depthwise convs
+(common/channels.py), and the run lists the groups (what --layers takes) and
+the layers it keeps whole, with why. Results go to results/part2_structured.json piece by
 piece, keyed by the settings; a rerun skips finished pieces unless --force.
 Fine-tuned models are saved as models/structured_<percent>.keras of the run's
 folder (see common/runs.py); an interrupted fine-tune resumes from its last
@@ -83,8 +85,9 @@ def parse_args(argv=None):
                         help="shares of the FLOPs to remove, each in (0, 1) "
                              "(default: 0.5 0.55 0.65 0.75)")
     parser.add_argument("--layers", nargs="+", metavar="NAME",
-                        help="the convs whose filters may go (default: every trainable "
-                             "Conv2D; the reference's frozen whitening conv is never one)")
+                        help="the groups whose channels may go, each named after the first "
+                             "conv that makes them (default: every group; the run lists "
+                             "them; the reference's frozen whitening conv is never one)")
     parser.add_argument("--fine-tune-epochs", type=cli.non_negative_int, default=3,
                         metavar="N", help="epochs of fine-tuning the best pruned model per "
                                           "reduction; 0 skips fine-tuning and timing "
@@ -104,6 +107,21 @@ def run_settings(args, model_sha256, data_id):
             "seed": args.seed, "flops_reductions": sorted(args.flops_reductions),
             "layers": args.layers, "sensitivity_shares": list(SENSITIVITY_SHARES),
             "importance_images": IMPORTANCE_IMAGES, "fine_tune": recipe}
+
+
+def prunable(model, path, layers=None):
+    """ValueError (one line, naming the file or --layers) for a model with no
+    group of conv channels to remove, or --layers that are not groups of it."""
+    from common import structured
+    names = structured.prunable_convs(model)
+    if not names:
+        whole = structured.graph(model).whole
+        raise ValueError(f"{cli.shown_path(path)}: no conv whose filters can be removed"
+                         + "".join(f"; {n}: {why}" for n, why in whole[:3]))
+    wrong = [name for name in layers or [] if name not in names]
+    if wrong:
+        raise ValueError(f"--layers: {', '.join(wrong)}: not a prunable conv of "
+                         f"{cli.shown_path(path)}; choose from {', '.join(names)}")
 
 
 def importance(model, names, images):
@@ -137,8 +155,9 @@ def sensitivity_sweep(run, model, scores, splits):
     todo = [(c, n) for c in scores for n in scores[c] if n not in done.get(c, {})]
     sweep = cli.Sweep(len(todo), "sensitivity", skipped=sum(map(len, scores.values())) - len(todo))
     dense = accuracy_on(model, splits.validation) if todo else None
+    sizes = structured.group_sizes(model)
     for criterion, name in todo:
-        filters = model.get_layer(name).filters
+        filters = sizes[name]
         accuracies = [dense]
         for share in SENSITIVITY_SHARES:
             keep = structured.keep_indices(scores[criterion],
@@ -170,7 +189,7 @@ def screen(run, model, names, scores, curves, splits):
     done = {row["key"] for row in run.find().get("candidates", [])}
     todo = [(r, c, a) for r in run.settings["flops_reductions"] for c in CRITERIA
             for a in ALLOCATIONS if f"{reduction_name(r)} {c} {a}" not in done]
-    full_flops = structured.flops_after(model, {n: model.get_layer(n).filters for n in names})
+    full_flops = structured.flops_after(model, structured.group_sizes(model, names))
     sweep = cli.Sweep(len(todo), "pruned candidate", skipped=len(done))
     for reduction, criterion, allocation in todo:
         counts = allocate(model, allocation, scores[criterion], curves[criterion],
@@ -305,17 +324,16 @@ def main(argv=None):
     if args.plot_only:
         return runs.plot_only(RESULTS_FILE, args, plot_figures, SCHEMA)
     run, splits, model_path = runs.start(
-        RESULTS_FILE, args, lambda digest, data_id: run_settings(args, digest, data_id), SCHEMA)
+        RESULTS_FILE, args, lambda digest, data_id: run_settings(args, digest, data_id), SCHEMA,
+        check=lambda model, path: prunable(model, path, args.layers))
     from common import models, report as tables, structured
     from common.training import accuracy_on
     model = models.load_classifier(model_path)
     names = structured.prunable_convs(model)
-    wrong = [name for name in args.layers or [] if name not in names]
-    if wrong:
-        raise ValueError(f"--layers: {', '.join(wrong)}: not a prunable conv of "
-                         f"{cli.shown_path(model_path)}; choose from {', '.join(names)}")
+    whole = structured.graph(model).whole
+    print(f"{len(names)} groups of channels (--layers takes these names): {', '.join(names)}"
+          + "".join(f"\n  kept whole at {n}: {why}" for n, why in whole))
     names = args.layers or names
-    structured.channel_sources(model, names)  # a model it cannot follow fails here
     if "original" not in run.find():
         run.update(lambda r: r.update(original={
             "validation_accuracy": accuracy_on(model, splits.validation)}))

@@ -82,15 +82,30 @@ def run_settings(args, model_sha256, data_id):
             "fine_tune": recipe}
 
 
+def eligible(model, path, layer_name=None):
+    """ValueError (one line, naming the file or --layer) for a model with no conv
+    Tucker-2 can replace, or a --layer that is not one."""
+    from common.tucker import decomposable_convs
+    convs = decomposable_convs(model)
+    if not convs:
+        raise ValueError(f"{cli.shown_path(path)}: no conv to decompose (Tucker-2 replaces "
+                         "a channels-last Conv2D with a kernel larger than 1x1, not the "
+                         "first; depthwise and 1x1 convs gain nothing)")
+    if layer_name is not None and layer_name not in convs:
+        raise ValueError(f"--layer {layer_name!r}: no such decomposable conv; "
+                         f"choose from {', '.join(convs)}")
+
+
 def reconstruction_curves(model, layer_name=None):
     """Relative error of one conv's Tucker-2 approximation, one rank fixed at 64."""
     import keras
 
     from common.tucker import decomposable_convs, relative_error
     convs = [model.get_layer(n) for n in decomposable_convs(model)]
-    if layer_name is None:
-        matches = [c for c in convs if min(c.kernel.shape[2:]) >= 128]
-        problem = "no conv layer with c, f >= 128 for the reconstruction figure; pick --layer"
+    if layer_name is None:   # the first with c, f >= 128, else the widest
+        matches = [c for c in convs if min(c.kernel.shape[2:]) >= 128] or \
+            sorted(convs, key=lambda c: -min(c.kernel.shape[2:]))
+        problem = "no conv to decompose (a Conv2D with a kernel larger than 1x1, not the first)"
     else:
         matches = [c for c in convs if c.name == layer_name]
         problem = (f"--layer {layer_name!r}: no such decomposable conv; "
@@ -104,11 +119,17 @@ def reconstruction_curves(model, layer_name=None):
     r1s, r2s = ([r for r in RANK_GRID if r <= n] for n in (c, f))
     # Both ranks together, up to full (R1 = c, R2 = f), where the error is 0.
     both = sorted({r for r in RANK_GRID if r < max(c, f)} | {max(c, f)})
+    jobs = [(fixed, r) for r in r2s] + [(r, fixed) for r in r1s] + \
+        [(min(r, c), min(r, f)) for r in both]
+    print(f"reconstruction error of {conv.name} ({c} -> {f}) at {len(jobs)} rank pairs")
+    progress, errors = cli.Sweep(len(jobs), "rank pair"), []
+    for ranks in jobs:
+        errors.append(relative_error(kernel, ranks))
+        progress.done(f"R1, R2 = {ranks[0]}, {ranks[1]}: relative error {errors[-1]:.3f}")
     return {"layer": conv.name, "kernel_shape": list(kernel.shape), "fixed_rank": fixed,
-            "r1_fixed_64": {"r2": r2s, "error": [relative_error(kernel, (fixed, r)) for r in r2s]},
-            "r2_fixed_64": {"r1": r1s, "error": [relative_error(kernel, (r, fixed)) for r in r1s]},
-            "equal_ranks": {"rank": both, "error": [
-                relative_error(kernel, (min(r, c), min(r, f))) for r in both]}}
+            "r1_fixed_64": {"r2": r2s, "error": errors[:len(r2s)]},
+            "r2_fixed_64": {"r1": r1s, "error": errors[len(r2s):len(r2s) + len(r1s)]},
+            "equal_ranks": {"rank": both, "error": errors[len(r2s) + len(r1s):]}}
 
 
 def decompose(original, k, splits, recipe, seed, backup_dir):
@@ -210,11 +231,15 @@ def main(argv=None):
     if args.plot_only:
         return runs.plot_only(RESULTS_FILE, args, plot_figures, SCHEMA)
     run, splits, model_path = runs.start(
-        RESULTS_FILE, args, lambda digest, data_id: run_settings(args, digest, data_id), SCHEMA)
+        RESULTS_FILE, args, lambda digest, data_id: run_settings(args, digest, data_id), SCHEMA,
+        check=lambda model, path: eligible(model, path, args.layer))
     from common import measure, models, report as tables, training
     original = models.load_classifier(model_path)
-    curves = reconstruction_curves(original, args.layer)  # a bad --layer fails here
-    if run.find().get("reconstruction", {}).get("layer") != curves["layer"]:
+    stored = run.find().get("reconstruction", {}).get("layer")
+    if stored and args.layer in (None, stored):
+        print(f"reconstruction error of {stored}: stored, reused")
+    else:                                                # a bad --layer fails here
+        curves = reconstruction_curves(original, args.layer)
         run.update(lambda r: r.update(reconstruction=curves))
     if "original" not in run.find():
         run.update(lambda r: r.update(original={
@@ -223,7 +248,7 @@ def main(argv=None):
     made = sweep(run, original, sorted(set(args.k or K_VALUES)), splits)
     report(run, original, made, splits)
     block = timing(run, original, made, splits.validation[0])
-    print(tables.part3_table(run.find(), block))
+    print(tables.part3_table(run.find(), block, study=cli.is_reference(model_path)))
     plot_figures(run.find(), run.paths["figures"])
     return 0
 

@@ -99,7 +99,7 @@ def family_name(family, value):
     return f"tucker_k{value}" if family == "tucker" else f"{family}_{100 * value:g}"
 
 
-def compressed_models(settings, results_dirs):
+def compressed_models(settings, results_dirs, model_option=""):
     """The compressed models made from the original, found in the results of
     Parts 2, 3 and 5 in `results_dirs`: rows of runs with the same original,
     data, validation split and train limit whose model file checks out.
@@ -130,7 +130,8 @@ def compressed_models(settings, results_dirs):
             why = "; ".join(f"{family_name(family, row[key])}: {runs.model_problem(row)}"
                             for row, _ in rows if row[key] in lacking) or "no row made from it"
             missing.append(f"{family} {', '.join(f'{v:g}' for v in lacking)}: {why}; make "
-                           f"with: {command.format(' '.join(f'{v:g}' for v in lacking))}")
+                           f"with: {command.format(' '.join(f'{v:g}' for v in lacking))}"
+                           f"{model_option}")
     return found, missing
 
 
@@ -286,8 +287,13 @@ def main(argv=None):
     run, splits, model_path = runs.start(
         RESULTS_FILE, args, lambda digest, data_id: run_settings(args, digest, data_id), SCHEMA)
     from common import machine, report as tables
-    results_dirs = sorted({os.path.join(cli.REPO_ROOT, "results"), run.paths["results"]})
-    found, missing = compressed_models(run.settings, results_dirs)
+    import glob
+    reference = cli.is_reference(model_path)
+    results_dirs = sorted({os.path.join(cli.REPO_ROOT, "results"), run.paths["results"],
+                           *glob.glob(os.path.join(cli.REPO_ROOT, runs.RUNS_FOLDER, "*",
+                                                   "results"))})
+    found, missing = compressed_models(run.settings, results_dirs,
+                                       "" if reference else f" --model {model_path}")
     for line in missing:
         print(f"not deployed: {line}")
     sources = {"original": (model_path, {
@@ -301,7 +307,8 @@ def main(argv=None):
                                         if row["name"] in flatbuffers]}
     print(f"\nLiteRT on {machine.label(run.settings['machine'])}:\n")
     print(tables.part4_table(current))
-    print(tables.part4_targets(current))
+    if reference:   # the targets are the reference's
+        print(tables.part4_targets(current))
     plot_figures(current, run.paths["figures"])
     return 0
 

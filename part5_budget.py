@@ -530,6 +530,16 @@ def plot_figures(run, figures_dir, results_dir):
         figures_dir, "part5_budget_latency_model.png")))
 
 
+def searchable(model, path):
+    """ValueError (one line, naming the file and the layer) for a model the
+    search cannot take: it composes choices along a chain of convs."""
+    from common import search
+    try:
+        search.chain(model)
+    except (ValueError, IndexError) as err:
+        raise ValueError(f"{cli.shown_path(path)}: {err}") from None
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.plot_only:
@@ -537,7 +547,8 @@ def main(argv=None):
             plot_figures, results_dir=os.path.join(args.output_dir or cli.REPO_ROOT, "results")),
             SCHEMA)
     run, splits, model_path = runs.start(
-        RESULTS_FILE, args, lambda digest, data_id: run_settings(args, digest, data_id), SCHEMA)
+        RESULTS_FILE, args, lambda digest, data_id: run_settings(args, digest, data_id), SCHEMA,
+        check=searchable)
     from common import models, report as tables
     s = Search(run, splits, models.load_classifier(model_path))
     precision = choose_precision(s)

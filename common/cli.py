@@ -172,6 +172,14 @@ def model_path(model_option, output_dir):
     return path
 
 
+def is_reference(path):
+    """Whether the model file at `path` is the repository's reference model
+    (same bytes): only then are the study's and the targets' rows beside it."""
+    from common.results import file_digest
+    reference = os.path.join(REPO_ROOT, DEFAULT_MODEL)
+    return os.path.isfile(reference) and file_digest(path) == file_digest(reference)
+
+
 def shown_path(path):
     """`path` relative to the repository when inside it (as results record it)."""
     relative = os.path.relpath(os.path.abspath(path), REPO_ROOT)

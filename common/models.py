@@ -213,6 +213,56 @@ def _identity_init(model):
             layer.kernel.assign(kernel)
 
 
+def _basic_block(x, width, stride, name, weight_decay):
+    """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, plus the shortcut, then ReLU
+    (He et al. 2016, "Deep residual learning", CIFAR variant). Where the
+    shape changes the shortcut is a strided 1x1 conv with batch norm (their
+    option B), so that every layer is a standard Keras layer."""
+    regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
+    conv = dict(padding="same", use_bias=False, kernel_initializer="he_normal",
+                kernel_regularizer=regularizer)
+    y = layers.Conv2D(width, 3, strides=stride, name=f"{name}_conv1", **conv)(x)
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = layers.Conv2D(width, 3, name=f"{name}_conv2", **conv)(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    if stride != 1 or x.shape[-1] != width:
+        x = layers.Conv2D(width, 1, strides=stride, name=f"{name}_proj",
+                          **{**conv, "padding": "valid"})(x)
+        x = layers.BatchNormalization(name=f"{name}_proj_bn")(x)
+    y = layers.Add(name=f"{name}_add")([x, y])
+    return layers.ReLU(name=f"{name}_out")(y)
+
+
+def cifar_resnet(depth=56, widths=(16, 32, 64), weight_decay=0.0):
+    """He et al.'s CIFAR ResNet of `depth` = 6n + 2 layers (20, 32, 44, 56, 110):
+    a 3x3 conv stem, three stages of n basic blocks at `widths` channels on
+    32x32, 16x16 and 8x8 maps, global average pooling and a Dense softmax head.
+    ResNet-56: 125 M multiply-adds and 0.86 M parameters per image.
+
+    weight_decay : L2 factor on the conv and Dense kernels (0: none), as a
+        Keras regularizer so that it is part of the model's loss.
+    """
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"ResNet depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110), "
+                         f"got {depth}")
+    blocks = (depth - 2) // 6
+    regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
+    inputs = keras.Input(IMAGE_SHAPE)
+    x = layers.Conv2D(widths[0], 3, padding="same", use_bias=False, name="stem_conv",
+                      kernel_initializer="he_normal", kernel_regularizer=regularizer)(inputs)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    for stage, width in enumerate(widths, start=1):
+        for block in range(blocks):
+            stride = 2 if stage > 1 and block == 0 else 1
+            x = _basic_block(x, width, stride, f"stage{stage}_block{block + 1}", weight_decay)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dense(NUM_CLASSES, name="head", kernel_regularizer=regularizer)(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="softmax")(x)
+    return keras.Model(inputs, outputs, name=f"resnet{depth}")
+
+
 def leaf_layers(model):
     """Every layer of `model` in order, nested models (e.g. an augmentation
     Sequential, or a classifier inside a trainer) opened up."""
@@ -257,6 +307,24 @@ def replace_layers(model, replacements, name=None):
     return new_model
 
 
+def file_problem(path):
+    """Why the file at `path` is not a Keras 3 `.keras` archive, or None: read
+    from its first bytes (a LiteRT flatbuffer says "TFL3", HDF5 its own
+    signature; a .keras file is a zip archive)."""
+    import zipfile
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[4:8] == b"TFL3":
+        return ("a LiteRT flatbuffer, not a Keras model: give the .keras it was "
+                "converted from (part4_deploy.py converts it)")
+    if head.startswith(b"\x89HDF"):
+        return ("a Keras 2 / HDF5 file: load it with Keras and save it as .keras "
+                "(model.save('model.keras'))")
+    if not zipfile.is_zipfile(path):
+        return "not a .keras file (a .keras model is a zip archive; this one is not, or is damaged)"
+    return None
+
+
 def load_classifier(path, hint=""):
     """Load a .keras CIFAR-10 classifier with Keras' safe mode on (no arbitrary code).
 
@@ -266,11 +334,18 @@ def load_classifier(path, hint=""):
     """
     if not os.path.isfile(path):
         raise ValueError(f"{path}: model file not found{hint}")
+    problem = file_problem(path)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as err:
+        text = str(err).splitlines()[0] if str(err) else ""
+        if "Could not locate" in text or "Unknown layer" in text or "custom" in text:
+            raise ValueError(f"{path}: a layer Keras cannot rebuild without its code "
+                             f"(a custom layer?): {text[:160]}") from None
         raise ValueError(f"{path}: not a loadable Keras model "
-                         f"({type(err).__name__}: {str(err).splitlines()[0]})") from None
+                         f"({type(err).__name__}: {text[:160]})") from None
     if not isinstance(model, keras.Model) or len(model.outputs) != 1 \
             or tuple(model.input_shape[1:]) != IMAGE_SHAPE \
             or tuple(model.output_shape[1:]) != (NUM_CLASSES,):

@@ -122,19 +122,22 @@ class Run:
     def timing(self, section, digests, params, measure):
         """A timing of the models `digests` names (name -> SHA-256 of what is
         timed), with `params` (images, rounds, threads, batch size), on this
-        machine: the stored one if it matches all three, else `measure()`
-        (-> name -> summary) now, stored beside other machines' timings and
-        in place of this machine's earlier one."""
+        machine: a stored one that timed all of them (and perhaps more) with
+        the same parameters, else `measure()` (-> name -> summary) now,
+        stored beside other machines' timings and beside this machine's
+        earlier ones, in place of those it covers: a run that times fewer
+        models never drops a timing of more."""
         here = machine.identity()
         for block in self.find().get(section, []):
             if (machine.same_machine(block["machine"], here) and block["params"] == params
-                    and block["digests"] == digests):
+                    and all(block["digests"].get(k) == v for k, v in digests.items())):
                 print(f"{section}: timed on this machine already ({block['label']}), reused")
                 return block
         block = {"machine": here, "label": machine.label(here), "params": params,
                  "digests": digests, **measure()}
         stale = [b for b in self.find().get(section, [])
-                 if machine.same_machine(b["machine"], here) and b["params"] == params]
+                 if machine.same_machine(b["machine"], here) and b["params"] == params
+                 and set(b["digests"]) <= set(digests)]
         if stale:
             self.back_up()
         self.update(lambda run: run.update({section: [
@@ -176,10 +179,13 @@ def model_problem(row):
     return None
 
 
-def start(results_file, args, settings, schema=None, model=True, validation=True):
+def start(results_file, args, settings, schema=None, model=True, validation=True,
+          check=None):
     """The steps every part's main() starts with: the model path checked (before
     TensorFlow loads), the data loaded and split, Keras' backend imported, the
-    run opened. `settings(model_sha256, data_id)` -> the run's settings.
+    model loaded and `check(model, path)` called (it raises ValueError for a
+    model the part cannot use), the run opened: nothing is written for a
+    model that fails. `settings(model_sha256, data_id)` -> the run's settings.
 
     Returns (run, splits, model_path); model_path is None without `model`.
     """
@@ -189,6 +195,11 @@ def start(results_file, args, settings, schema=None, model=True, validation=True
     model_path = cli.model_path(getattr(args, "model", None), args.output_dir) if model else None
     splits = load_for_run(args.data_dir, args.train_limit, validation)
     cli.load_backend()
+    if model_path:   # a model that will not load fails here, before a folder is made
+        from common.models import load_classifier
+        loaded = load_classifier(model_path)
+        if check:
+            check(loaded, model_path)
     digest = file_digest(model_path) if model_path else None
     meta = {**run_metadata(splits.source),
             **({"model": cli.shown_path(model_path)} if model_path else {})}

@@ -51,6 +51,9 @@ def chain(model):
     """The prunable convs of `model` in order, checked to form a chain (each
     one's input channels are the previous one's output channels)."""
     convs = structured.prunable_convs(model)
+    if not convs:
+        raise ValueError("no conv whose filters can be removed: the search needs a chain "
+                         "of convs")
     sources = structured.channel_sources(model, convs)
     for previous, name in zip(convs, convs[1:]):
         if (sources.get(name) or (None,))[0] != previous:

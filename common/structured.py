@@ -1,219 +1,152 @@
-"""Structured pruning: whole output filters of Conv2D layers removed, so that a
-smaller dense network is left, faster on every runtime.
+"""Structured pruning: whole channels removed, so that a smaller dense
+network is left, faster on every runtime.
 
-Removing filter j of a conv removes channel j of its output. The layers that
-act on each channel alone (pooling, batch norm, activations) pass the set of
-kept channels on; the next conv loses those input channels, and a Dense layer
-after global pooling (or Flatten) those input rows. A layer that mixes
-channels in any other way (Add, Concatenate, a depthwise conv, an unknown
-layer) cannot be followed, and is refused with its name.
+Which channels must go together comes from the model's channel dependency
+graph (`common.channels`): in a chain of convs a group is one conv's output
+filters (with the batch norm after it and the next conv's input channels);
+through a residual Add it is every conv that writes to the sum, through a
+Concatenate a slice, through a depthwise conv its input and output. Groups
+are named after the first layer that makes their channels, which in a chain
+is the conv itself, so every function here takes conv (group) names.
 
-Criteria say which filters of a layer go (the least important); allocation
-says how many each layer keeps: the same share everywhere, one ranking across
-layers, or from each layer's measured sensitivity weighed by its FLOPs.
+Criteria say which channels of a group go (the least important, summed over
+every layer of the group, as DepGraph's group norm); allocation says how many
+each group keeps: the same share everywhere, one ranking across groups, or
+from each group's measured sensitivity weighed by its FLOPs.
 """
+
+import weakref
 
 import keras
 import numpy as np
 from keras import layers
 
-from common.models import ScaledShift
+from common import channels
 
-# Layers that compute each channel from that channel alone: kept channels pass.
-CHANNELWISE = (layers.MaxPooling2D, layers.AveragePooling2D, layers.BatchNormalization,
-               layers.Activation, layers.ReLU, layers.Dropout, ScaledShift,
-               layers.GlobalMaxPooling2D, layers.GlobalAveragePooling2D)
+_GRAPHS = weakref.WeakKeyDictionary()
+
+
+def graph(model):
+    """The channel dependency graph of `model` (built once per model object)."""
+    if model not in _GRAPHS:
+        _GRAPHS[model] = channels.build(model)
+    return _GRAPHS[model]
 
 
 def prunable_convs(model):
-    """Names of the convs whose filters can be removed: channels-last, ungrouped,
-    trainable Conv2D layers (a frozen conv, such as the reference's whitening
-    filters, is kept whole), in model order."""
-    return [layer.name for layer in model.layers
-            if type(layer) is layers.Conv2D and layer.groups == 1 and layer.trainable
-            and layer.data_format == "channels_last"]
+    """Names of the groups of conv channels that can be removed, in model
+    order: in a chain CNN, the trainable channels-last convs (a frozen conv,
+    such as the reference's whitening filters, is kept whole, as is anything
+    feeding the output). Hidden Dense units are groups of the graph too, but
+    not filters: the parts prune convs."""
+    g = graph(model)
+    return [name for name in g.groups
+            if not isinstance(channels.node(g, name.split(":")[0]).layer, layers.Dense)]
 
 
-def _inputs_of(layer):
-    """The layers whose outputs `layer` reads."""
-    tensors = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
-    return [t._keras_history.operation for t in tensors]
+def group_sizes(model, names=None):
+    """dict group name -> channels in it."""
+    groups = graph(model).groups
+    return {name: groups[name].size for name in (groups if names is None else names)}
 
 
 def channel_sources(model, names=None):
-    """Which pruned conv's channels reach each layer.
-
-    Returns dict layer name -> (conv name, spatial) for the layers whose input
-    channels are the output channels of a conv in `names` (default: every
-    prunable conv), where `spatial` is H*W for a Flatten in between (its rows
-    are then (h, w, channel) triples) and 1 otherwise; None for the others.
-    Raises ValueError naming a layer that mixes such channels in a way that
-    cannot be followed.
-    """
-    names = set(prunable_convs(model) if names is None else names)
-    reaching = {}   # layer name -> (conv, spatial) carried by its output, or None
-    sources = {}
-    for layer in model.layers:
-        if isinstance(layer, layers.InputLayer):
-            continue
-        incoming = [reaching.get(source.name) for source in _inputs_of(layer)]
-        carried = next((c for c in incoming if c is not None), None)
-        if carried is not None and len(incoming) > 1:
-            raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) joins several "
-                             "inputs; removing filters before it is not supported")
-        sources[layer.name] = carried
-        if type(layer) in (layers.Conv2D, layers.Dense):
-            if carried is not None and type(layer) is layers.Conv2D and layer.groups != 1:
-                raise ValueError(f"layer {layer.name!r} is a grouped conv; removing filters "
-                                 "before it is not supported")
-            reaching[layer.name] = (layer.name, 1) if layer.name in names else None
-        elif carried is None:
-            reaching[layer.name] = None
-        elif isinstance(layer, CHANNELWISE):
-            reaching[layer.name] = carried
-        elif type(layer) is layers.Flatten:
-            height, width = layer.input.shape[1:3]
-            reaching[layer.name] = (carried[0], carried[1] * height * width)
-        else:
-            raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) reads the "
-                             f"channels of {carried[0]!r} in a way this surgery cannot follow")
-    return sources
-
-
-def _check_keep(model, keep):
-    """keep: dict conv name -> indices; ValueError for anything off."""
-    prunable = prunable_convs(model)
-    by_name = {layer.name: layer for layer in model.layers}
-    checked = {}
-    for name, indices in keep.items():
-        if name not in by_name:
-            raise ValueError(f"no layer named {name!r}; prunable convs: {', '.join(prunable)}")
-        if name not in prunable:
-            raise ValueError(f"layer {name!r} ({type(by_name[name]).__name__}) is not a "
-                             f"prunable conv; choose from {', '.join(prunable)}")
-        filters = by_name[name].filters
-        indices = np.unique(np.asarray(indices, dtype=int))
-        if len(indices) != len(keep[name]) or not 1 <= len(indices) <= filters \
-                or indices.min() < 0 or indices.max() >= filters:
-            raise ValueError(f"layer {name!r}: keep 1..{filters} distinct filter indices in "
-                             f"0..{filters - 1}, got {len(keep[name])}")
-        checked[name] = indices
-    return checked
-
-
-def _rows(indices, spatial, channels):
-    """Input rows of a Dense after Flatten that read `indices` of `channels`
-    channels over `spatial` positions (channels-last flattening)."""
-    return (np.arange(spatial)[:, None] * channels + indices[None, :]).ravel()
+    """dict layer name -> (group name, repeats) for each layer that reads the
+    channels of exactly one group in `names` (default all), `repeats` the
+    times it reads each (H*W after a Flatten, else 1); used to follow a chain."""
+    g = graph(model)
+    names = set(g.groups if names is None else names)
+    out = {}
+    for name in names:
+        for member, role in g.groups[name].members:
+            if role == "in":
+                out[member] = (name, channels.positions(g, member, name).shape[0])
+    return out
 
 
 def remove_filters(model, keep):
-    """A new, smaller model with only the `keep` filters of each named conv;
+    """A new, smaller model with only the `keep` channels of each named group;
     `model` is not changed and shares nothing with it.
 
     Parameters
     ----------
     model : keras.Sequential or functional keras.Model
-    keep : dict conv name -> indices of the output filters to keep
+    keep : dict group (conv) name -> indices of the channels to keep
 
-    Every layer downstream is sliced to match: the conv's kernel (kh, kw, c, f)
-    and bias lose filters, the batch norms after it their parameters and
-    statistics, the next conv its input channels (kh, kw, c, f) -> (kh, kw, c', f),
-    a Dense layer after global pooling or Flatten its input rows.
+    Every layer of each group is sliced to match: the convs that make the
+    channels lose those filters, the batch norms their parameters and
+    statistics, the convs and Dense layers that read them those inputs.
     """
-    keep = _check_keep(model, keep)
-    sources = channel_sources(model, keep)
-
-    def copy(layer):
-        config = layer.get_config()
-        if layer.name in keep:
-            config["filters"] = len(keep[layer.name])
-        return layer.__class__.from_config(config)
-    new_model = keras.models.clone_model(model, clone_function=copy)
-    for layer in model.layers:
-        weights = layer.get_weights()
-        if not weights:
-            continue
-        source = sources.get(layer.name)
-        if source is not None:
-            conv, spatial = source
-            indices = keep[conv]
-            if type(layer) is layers.Conv2D:
-                weights[0] = weights[0][:, :, indices]
-            elif type(layer) is layers.Dense:
-                weights[0] = weights[0][_rows(indices, spatial, model.get_layer(conv).filters)]
-            else:  # batch norm, ScaledShift: one value per channel in every weight
-                weights = [w[indices] for w in weights]
-        if layer.name in keep:
-            weights = [weights[0][..., keep[layer.name]]] + \
-                      [w[keep[layer.name]] for w in weights[1:]]
-        new_model.get_layer(layer.name).set_weights(weights)
-    return new_model
+    return channels.remove(graph(model), keep)
 
 
 # ---- FLOPs of a pruned model, without building it ----------------------------
 
 def flops_after(model, counts):
-    """FLOPs of one image's forward pass once each conv in `counts` keeps that
-    many filters (multiply-add = 2; Conv2D and Dense layers, as
-    `measure.count_flops` counts them), computed from the shapes alone."""
-    sources = channel_sources(model, counts)
-    macs = 0
-    for layer in model.layers:
-        if type(layer) is layers.Conv2D:
-            _, out_h, out_w, _ = layer.output.shape
-            kh, kw, c, f = layer.kernel.shape
-            pair = out_h * out_w * kh * kw
-        elif type(layer) is layers.Dense:
-            c, f = layer.kernel.shape
-            pair = 1
-        else:
-            continue
-        source = sources.get(layer.name)
-        if source is not None:
-            c = counts[source[0]] * source[1]
-        macs += pair * c * counts.get(layer.name, f)
-    return int(2 * macs)
+    """FLOPs of one image's forward pass once each group in `counts` keeps that
+    many channels (multiply-add = 2, as `measure.count_flops` counts them),
+    computed from the shapes alone."""
+    return channels.flops(graph(model), counts)
 
 
 # ---- criteria: which filters of a layer matter least ---------------------------
 
+def _numpy(variable):
+    return np.abs(keras.ops.convert_to_numpy(variable))
+
+
 def l1_norms(model, names):
-    """dict conv name -> (f,) L1 norm of each filter (Li et al. 2017)."""
-    return {name: np.abs(keras.ops.convert_to_numpy(model.get_layer(name).kernel)).sum(
-        axis=(0, 1, 2)) for name in names}
+    """dict group name -> (size,) L1 norm of each channel's filters, summed over
+    every layer that makes the group's channels (Li et al. 2017; DepGraph's
+    group norm for a group of several convs)."""
+    g = graph(model)
+    scores = {}
+    for name in names:
+        if name not in g.groups:   # a conv kept whole (at the output): its own filters
+            scores[name] = _numpy(model.get_layer(name).kernel).reshape(
+                -1, model.get_layer(name).filters).sum(axis=0)
+            continue
+        total = np.zeros(g.groups[name].size)
+        for member, role in g.groups[name].members:
+            if role != "out":
+                continue
+            layer = channels.node(g, member).layer
+            kernel = _numpy(layer.pointwise_kernel if hasattr(layer, "pointwise_kernel")
+                            else layer.kernel)
+            if isinstance(layer, (layers.Conv1DTranspose, layers.Conv2DTranspose)):
+                kernel = np.moveaxis(kernel, -2, -1)
+            norms = kernel.reshape(-1, kernel.shape[-1]).sum(axis=0)
+            total += norms[channels.positions(g, member, name)].sum(axis=(0, 2))
+        scores[name] = total
+    return scores
 
 
 def activation_importance(model, names, images, batch_size=250):
-    """dict conv name -> (f,) how much each filter's channel feeds the next layer:
-    its mean |activation| where the next Conv2D or Dense reads it (after the
-    batch norm, pooling and activation between), times the L1 norm of the
-    weights that read it, on `images` (training images).
+    """dict group name -> (size,) how much each channel feeds the layers that
+    read it: its mean |activation| where each Conv or Dense reads it (after
+    the batch norm, pooling and activation between), times the L1 norm of
+    the weights that read it, summed over every such reader, on `images`
+    (training images).
 
     Unlike a filter's own L1 norm, this sees what a batch norm does to the
     channel: in the reference net every conv is followed by one, which undoes
     the filter's scale.
     """
-    sources = channel_sources(model, names)
-    readers = [model.get_layer(name) for name, source in sources.items()
-               if source is not None and type(model.get_layer(name)) in (layers.Conv2D,
-                                                                          layers.Dense)]
-    taps = keras.Model(model.inputs, [reader.input for reader in readers])
+    g = graph(model)
+    readers = [(member, name) for name in names for member, role in g.groups[name].members
+               if role == "in" and type(channels.node(g, member).layer) in
+               (layers.Conv2D, layers.Dense, layers.Conv1D)]
+    taps = channels.taps(g, [channels.node(g, member).inputs[0] for member, _ in readers])
     activations = taps.predict(images, batch_size=batch_size, verbose=0)
     if len(readers) == 1:
         activations = [activations]
-    scores = {name: 0.0 for name in names}
-    for reader, values in zip(readers, activations):
-        conv, spatial = sources[reader.name]
-        channels = model.get_layer(conv).filters
-        weights = np.abs(keras.ops.convert_to_numpy(reader.kernel))
-        if type(reader) is layers.Conv2D:
-            mean = np.abs(values).mean(axis=(0, 1, 2))               # (c,)
-            reads = weights.sum(axis=(0, 1, 3))                      # (c,)
-        else:  # Dense: rows are (position, channel) pairs after Flatten
-            mean = np.abs(values).reshape(len(values), spatial, channels).mean(axis=(0, 1))
-            reads = weights.reshape(spatial, channels, -1).sum(axis=(0, 2))
-        scores[conv] = scores[conv] + mean * reads
+    scores = {name: np.zeros(g.groups[name].size) for name in names}
+    for (member, name), values in zip(readers, activations):
+        kernel = _numpy(channels.node(g, member).layer.kernel)
+        mean = np.abs(values).reshape(-1, values.shape[-1]).mean(axis=0)      # (channels,)
+        reads = kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1]).sum(axis=(0, 2))
+        where = channels.positions(g, member, name)                           # (k, size, r)
+        scores[name] = scores[name] + (mean[where] * reads[where]).sum(axis=(0, 2))
     return scores
 
 
@@ -226,7 +159,7 @@ def keep_indices(scores, counts):
 # ---- allocation: how many filters each layer keeps ------------------------------
 
 def _filters(model, names):
-    return {name: model.get_layer(name).filters for name in names}
+    return group_sizes(model, names)
 
 
 def uniform_counts(model, names, flops_fraction):

@@ -154,6 +154,26 @@ def test_a_timing_of_another_machine_is_kept_beside_and_not_reused(tmp_path, mon
     assert len(measured) == 3 and len(run.find()["timings"]) == 3
 
 
+def test_a_timing_of_fewer_models_reuses_or_keeps_the_timing_of_more(tmp_path):
+    run = runs.Run("part9.json", {"seed": 0}, output_dir=str(tmp_path))
+    measured = []
+
+    def measure(names):
+        measured.append(names)
+        return {"models": {n: {"median": 1.0, "min": 1.0, "max": 1.0, "ratio": 1.0}
+                           for n in names}}
+    everything = ["original", "k1", "k4"]
+    run.timing("timings", {"original": "a", "k1": "b", "k4": "c"}, {},
+               lambda: measure(everything))
+    block = run.timing("timings", {"original": "a", "k4": "c"}, {}, lambda: measure(["k4"]))
+    assert measured == [everything] and set(block["digests"]) == set(everything)
+    run.timing("timings", {"original": "a", "k4": "changed"}, {},
+               lambda: measure(["original", "k4"]))
+    assert len(measured) == 2                      # a new model: measured, the old kept
+    assert [set(b["digests"]) for b in run.find()["timings"]] == [
+        {"original", "k1", "k4"}, {"original", "k4"}]
+
+
 def test_backup_keeps_the_file_as_it_was(tmp_path):
     store = ResultsStore(str(tmp_path / "part9.json"))
     store.update({"seed": 0}, lambda run: run.update(value=1))

@@ -153,7 +153,8 @@ def test_a_model_whose_convs_do_not_chain_is_refused():
     inputs = keras.Input((8, 8, 3))
     a = keras.layers.Conv2D(4, 3, name="a")(inputs)
     b = keras.layers.Conv2D(4, 3, name="b")(inputs)
-    model = keras.Model(inputs, [a, b])
+    heads = [keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)) for x in (a, b)]
+    model = keras.Model(inputs, heads)     # a model's outputs keep their channels
     with pytest.raises(ValueError, match="'b' does not read the channels of 'a'"):
         search.chain(model)
     assert tucker.is_decomposable(model.get_layer("a"))
