@@ -533,11 +533,16 @@ def plot_figures(run, figures_dir, results_dir):
 def searchable(model, path):
     """ValueError (one line, naming the file and the layer) for a model the
     search cannot take: it composes choices along a chain of convs."""
-    from common import search
+    from common import search, tucker
     try:
-        search.chain(model)
-    except (ValueError, IndexError) as err:
+        convs = search.chain(model)
+    except ValueError as err:
         raise ValueError(f"{cli.shown_path(path)}: {err}") from None
+    odd = next((n for n in convs if not tucker.is_decomposable(model.get_layer(n))), None)
+    if odd:
+        raise ValueError(f"{cli.shown_path(path)}: layer {odd!r}: the search may Tucker-"
+                         "decompose every conv of its chain, which needs a Conv2D with a "
+                         "kernel larger than 1x1")
 
 
 def main(argv=None):
@@ -560,6 +565,7 @@ def main(argv=None):
     budgets = args.latency_budget or (
         [ms / 1e3 / precision["float32"]["median"] for ms in args.latency_budget_ms]
         if args.latency_budget_ms else QUICK["budgets"] if args.quick else list(BUDGETS))
+    unmet = []
     for i, budget in enumerate(budgets, start=1):
         print(f"budget {i}/{len(budgets)}: {budget:g} of the float32 reference's time")
         done = next((r for r in run.find().get("front", []) if r["budget"] == budget), None)
@@ -570,9 +576,15 @@ def main(argv=None):
         chosen = screen(s, budget)
         if chosen:
             finish(s, budget, chosen)
+        else:
+            unmet.append(budget)
     report(s, budgets)
     print(tables.part5_table(run.find()))
     plot_figures(run.find(), run.paths["figures"], run.paths["results"])
+    if unmet:   # a budget no model met is a failed request, not a result
+        raise ValueError(f"no model found within budget {', '.join(f'{b:g}' for b in unmet)} "
+                         "of the reference's float32 time on this machine; the fastest "
+                         "measured are listed above")
     return 0
 
 

@@ -200,13 +200,19 @@ def load_backend():
 
 
 def run_main(main, argv=None):
-    """Call `main(argv)`; a ValueError (bad data, bad model file) exits 2 with one line."""
+    """Call `main(argv)`; a ValueError (bad data, bad model file) exits 2 with
+    one line; Ctrl-C exits 130 with one line (every step stored so far stays:
+    the same command resumes)."""
+    prog = os.path.basename(sys.argv[0])
     try:
         return main(argv)
     except ValueError as err:
-        prog = os.path.basename(sys.argv[0])
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; what finished is stored, and the same command "
+              "resumes from there", file=sys.stderr)
+        return 130
 
 
 class Sweep:

@@ -295,6 +295,9 @@ def load_for_run(data_dir, train_limit=None, validation=True):
     train_limit : keep only the first N training images (quick runs)
     """
     (x_train, y_train), test, source = load_cifar10(data_dir)
+    if train_limit is not None and train_limit > len(x_train):
+        raise ValueError(f"--train-limit {train_limit}: the training set has only "
+                         f"{len(x_train)} images")
     data_id = fingerprint((x_train, y_train), test, source)
     held_out = None
     if validation:

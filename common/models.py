@@ -340,10 +340,13 @@ def load_classifier(path, hint=""):
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as err:
+        import re
         text = str(err).splitlines()[0] if str(err) else ""
-        if "Could not locate" in text or "Unknown layer" in text or "custom" in text:
-            raise ValueError(f"{path}: a layer Keras cannot rebuild without its code "
-                             f"(a custom layer?): {text[:160]}") from None
+        custom = re.search(r"Could not locate class '([^']+)'", str(err))
+        if custom:
+            raise ValueError(f"{path}: layer class {custom.group(1)!r} is not one of Keras' "
+                             "own (a custom layer): its code is not loaded, and safe mode "
+                             "runs none; rebuild the model from standard layers") from None
         raise ValueError(f"{path}: not a loadable Keras model "
                          f"({type(err).__name__}: {text[:160]})") from None
     if not isinstance(model, keras.Model) or len(model.outputs) != 1 \

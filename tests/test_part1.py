@@ -163,6 +163,22 @@ def test_bad_data_exits_2_with_one_line(tmp_path, capsys):
     assert "no CIFAR-10 found" in err and len(err.splitlines()) == 1
 
 
+def test_a_train_limit_beyond_the_data_exits_2_with_one_line(tiny_cifar, tmp_path, capsys):
+    assert run(["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path),
+                "--train-limit", "100000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--train-limit 100000: the training set has only 100 images" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_ctrl_c_says_one_line_and_exits_130(capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    assert cli.run_main(interrupted) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the same command resumes" in err
+
+
 def test_same_seed_gives_the_same_numbers(tiny_cifar, tmp_path):
     def losses(seed):
         out = tmp_path / f"seed{seed}-{len(list(tmp_path.iterdir()))}"

@@ -1,0 +1,128 @@
+"""A user's own model through the part scripts (--model): a small ResNet
+pruned and decomposed, written to its own folder; models a part cannot
+take, and files that are not Keras models, refused in one line with exit 2,
+nothing written."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from common import cli, models
+from tests.conftest import stored_run
+
+
+@pytest.fixture(scope="module")
+def resnet_file(tmp_path_factory):
+    """A ResNet-8 (one basic block per stage), untrained, saved."""
+    keras.utils.set_random_seed(0)
+    path = str(tmp_path_factory.mktemp("own") / "resnet8.keras")
+    models.cifar_resnet(8, widths=(4, 8, 8)).save(path)
+    return path
+
+
+def depthwise_only(path):
+    """A MobileNet-like model with no conv Tucker-2 can replace."""
+    inputs = keras.Input((32, 32, 3))
+    x = layers.Conv2D(8, 3, strides=2, name="stem")(inputs)
+    x = layers.DepthwiseConv2D(3, name="dw")(x)
+    x = layers.Conv2D(8, 1, name="pw")(x)
+    x = layers.Dense(10, activation="softmax")(layers.GlobalAveragePooling2D()(x))
+    keras.Model(inputs, x).save(path)
+    return path
+
+
+def test_filter_removal_prunes_a_resnet_through_its_adds(tiny_cifar, resnet_file, tmp_path,
+                                                         capsys):
+    import part2_structured
+    argv = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--model",
+            resnet_file, "--flops-reductions", "0.3", "--fine-tune-epochs", "0"]
+    assert cli.run_main(part2_structured.main, argv) == 0
+    printed = capsys.readouterr().out
+    assert "groups of channels (--layers takes these names): stem_conv, " in printed
+    run = stored_run(str(tmp_path), "part2_structured")
+    assert {"stem_conv", "stage1_block1_conv1", "stage2_block1_proj"} <= \
+        set(run["sensitivity"]["l1"])
+    assert all(row["flops_ratio"] <= 0.7 for row in run["candidates"])
+
+
+def test_tucker_decomposes_the_convs_inside_residual_blocks(tiny_cifar, resnet_file, tmp_path,
+                                                            capsys):
+    import part3_tucker
+    argv = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--model",
+            resnet_file, "--k", "4", "--fine-tune", "0"]
+    assert cli.run_main(part3_tucker.main, argv) == 0
+    run = stored_run(str(tmp_path), "part3")
+    (row,) = run["sweep"]
+    assert "stage1_block1_conv1" in row["ranks"] and "stem_conv" not in row["ranks"]
+    assert "study" not in capsys.readouterr().out      # the study's rows: the reference's only
+
+
+@pytest.mark.parametrize("script, options, message", [
+    ("part3_tucker", ["--k", "4"], "no conv to decompose"),
+    ("part5_budget", ["--latency-budget", "0.3"], "layer 'pw': the search may Tucker-"),
+])
+def test_a_model_a_part_cannot_take_exits_2_writing_nothing(
+        script, options, message, tiny_cifar, tmp_path, capsys):
+    import importlib
+    model = depthwise_only(str(tmp_path / "mobile.keras"))
+    out = tmp_path / "out"
+    argv = ["--data-dir", tiny_cifar[0], "--output-dir", str(out), "--model", model, *options]
+    assert cli.run_main(importlib.import_module(script).main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not list(out.glob("results/*.json")) and not list(out.glob("figures/*"))
+
+
+def flatbuffer_file(path):
+    from common.deploy import to_flatbuffer
+    inputs = keras.Input((32, 32, 3))
+    model = keras.Model(inputs, layers.Dense(10)(layers.Flatten()(inputs)))
+    with open(path, "wb") as f:
+        f.write(to_flatbuffer(model))
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: open(p, "wb").write(b"PK\x03\x04 damaged") and p, "not a .keras file"),
+    (lambda p: open(p, "w").write("hello") and p, "not a .keras file"),
+    (flatbuffer_file, "a LiteRT flatbuffer, not a Keras model"),
+])
+def test_a_file_that_is_not_a_keras_model_is_named_in_one_line(make, message, tmp_path):
+    path = make(str(tmp_path / "model.keras"))
+    with pytest.raises(ValueError, match=message) as err:
+        models.load_classifier(path)
+    assert "\n" not in str(err.value) and "File not found" not in str(err.value)
+
+
+def test_a_custom_layer_is_named_as_such(tmp_path):
+    @keras.saving.register_keras_serializable(package="test_own_model")
+    class Twice(layers.Layer):
+        def call(self, x):
+            return 2 * x
+    inputs = keras.Input((32, 32, 3))
+    x = layers.Dense(10)(layers.GlobalAveragePooling2D()(Twice()(inputs)))
+    path = str(tmp_path / "custom.keras")
+    keras.Model(inputs, x).save(path)
+    keras.saving.get_custom_objects().clear()
+    with pytest.raises(ValueError, match="'Twice' is not one of Keras' own \\(a custom layer"):
+        models.load_classifier(path)
+
+
+def test_a_pruned_resnet_equals_its_zeroed_twin(resnet_file):
+    """The structured module's names on a ResNet (its groups), end to end."""
+    from common import channels, structured
+    model = models.load_classifier(resnet_file)
+    names = structured.prunable_convs(model)
+    scores = structured.l1_norms(model, names)
+    counts = structured.uniform_counts(model, names, 0.6)
+    keep = structured.keep_indices(scores, counts)
+    x = np.random.default_rng(0).uniform(size=(3, 32, 32, 3)).astype("float32")
+    smaller = structured.remove_filters(model, keep)
+    twin = channels.zero_removed(structured.graph(model), keep)
+    np.testing.assert_allclose(smaller.predict(x, verbose=0), twin.predict(x, verbose=0),
+                               atol=1e-5)
+    assert structured.flops_after(model, counts) <= 0.6 * structured.flops_after(model, {})
+    assert os.path.exists(resnet_file)
