@@ -41,6 +41,8 @@ from common.results import NUMBER, Map
 # Shares of the FLOPs removed: 50% already runs in about half the time; 75%
 # is where accuracy starts to fall fast.
 FLOPS_REDUCTIONS = (0.5, 0.55, 0.65, 0.75)
+# "bn_scale" too where every group passes a batch norm with a learned scale
+# (Network Slimming's |gamma|); the reference's batch norms have none.
 CRITERIA = ("l1", "activation")
 ALLOCATIONS = ("uniform", "global", "sensitivity")
 # The per-layer sweep: that layer alone keeps these shares of its filters
@@ -127,8 +129,12 @@ def prunable(model, path, layers=None):
 def importance(model, names, images):
     """Each criterion's score of every filter: dict criterion -> conv -> (f,)."""
     from common import structured
-    return {"l1": structured.l1_norms(model, names),
-            "activation": structured.activation_importance(model, names, images)}
+    scores = {"l1": structured.l1_norms(model, names),
+              "activation": structured.activation_importance(model, names, images)}
+    scales = structured.bn_scales(model, names)
+    if all(score is not None for score in scales.values()):
+        scores["bn_scale"] = scales
+    return scores
 
 
 def measure_pruned(model, keep, splits):
@@ -187,7 +193,7 @@ def screen(run, model, names, scores, curves, splits):
     validation split without training (see `measure_pruned`), a row at a time."""
     from common import structured
     done = {row["key"] for row in run.find().get("candidates", [])}
-    todo = [(r, c, a) for r in run.settings["flops_reductions"] for c in CRITERIA
+    todo = [(r, c, a) for r in run.settings["flops_reductions"] for c in scores
             for a in ALLOCATIONS if f"{reduction_name(r)} {c} {a}" not in done]
     full_flops = structured.flops_after(model, structured.group_sizes(model, names))
     sweep = cli.Sweep(len(todo), "pruned candidate", skipped=len(done))

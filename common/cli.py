@@ -38,6 +38,16 @@ positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)
 
 
+def train_limit(text):
+    """argparse type of --train-limit: 1 .. CIFAR-10's 50,000 training images."""
+    from common.data import TRAIN_IMAGES
+    value = positive_int(text)
+    if value > TRAIN_IMAGES:
+        raise argparse.ArgumentTypeError(f"{text!r}: CIFAR-10 has {TRAIN_IMAGES:,} "
+                                         "training images")
+    return value
+
+
 def int_in_range(name, low, high):
     """argparse type: an integer in low..high, e.g. `k`."""
     def parse(text):
@@ -105,7 +115,7 @@ def make_parser(description, epilog=None, epochs=True):
                             help="override every experiment's number of epochs")
     parser.add_argument("--batch-size", type=positive_int, metavar="N",
                         help="override the batch size")
-    parser.add_argument("--train-limit", type=positive_int, metavar="N",
+    parser.add_argument("--train-limit", type=train_limit, metavar="N",
                         help="train on the first N training images only (quick runs)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="compute precision of the reference model's training and of "

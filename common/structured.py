@@ -121,6 +121,25 @@ def l1_norms(model, names):
     return scores
 
 
+def bn_scales(model, names):
+    """dict group name -> (size,) |gamma| of each channel summed over every
+    batch norm with a learned scale that the group's channels pass (Network
+    Slimming, Liu et al. 2017), or None for a group that passes none."""
+    g = graph(model)
+    scores = {}
+    for name in names:
+        total = None
+        for member, role in g.groups[name].members:
+            layer = channels.node(g, member).layer
+            if role == "through" and isinstance(layer, layers.BatchNormalization) and \
+                    layer.scale:
+                where = channels.positions(g, member, name)
+                found = _numpy(layer.gamma)[where].sum(axis=(0, 2))
+                total = found if total is None else total + found
+        scores[name] = total
+    return scores
+
+
 def activation_importance(model, names, images, batch_size=250):
     """dict group name -> (size,) how much each channel feeds the layers that
     read it: its mean |activation| where each Conv or Dense reads it (after

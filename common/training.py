@@ -355,9 +355,10 @@ class Distillation(keras.Model):
 # reference's recipe at a lower peak learning rate (the weights start near a
 # good solution), the reference as teacher. Checked on the validation split
 # against one change at a time (results/probes.json "fine_tune_recipe",
-# docs/part2.md#the-fine-tuning-recipe): at 90% of the weights pruned it beat
-# peak 0.05, no teacher and pruning in one shot (88.84% against 88.24, 88.44
-# and 88.64%).
+# docs/reference.md): at 90% of the weights pruned, one seed (n = 1), it was
+# ahead of peak 0.05, no teacher and pruning in one shot (88.84% against
+# 88.24, 88.44 and 88.64%); Tucker-2's two recipes, over 3 seeds, differ by
+# less than their spread of ~0.5 points, so gaps this size are not settled.
 FINE_TUNE = {
     "epochs": 3,
     "batch_size": 512,
@@ -366,9 +367,10 @@ FINE_TUNE = {
     # reference's: a teacher's probabilities say more per image than a label.
     "distillation_weight": 0.9,
 }
-# Tucker-2's models start closer to the reference, and learn best without it
-# as teacher, at a lower peak: at k = 4, 89.62% against 89.10% with the
-# teacher at peak 0.05 and 89.08% with FINE_TUNE (the same check).
+# Tucker-2's models start closer to the reference: at a lower peak without a
+# teacher they are level with FINE_TUNE (k = 4, 3 seeds: mean 89.28% against
+# 89.17%, spreads 0.54 and 0.24 points; docs/reference.md) in 0.55 of the
+# time (no teacher forward pass), which is why it is kept.
 FOR_TUCKER = {"peak_learning_rate": 0.05, "distillation_weight": 0.0}
 
 

@@ -292,3 +292,19 @@ def test_a_pruned_model_saves_reloads_and_converts(tmp_path):
                                atol=1e-6)
     flatbuffer = to_flatbuffer(smaller, "float32")
     assert flatbuffer[4:8] == b"TFL3"
+
+
+def test_batch_norm_scale_is_summed_over_every_batch_norm_of_a_group():
+    from common import structured
+    inputs = keras.Input((8, 8, 3))
+    a = layers.BatchNormalization(name="bn_a")(layers.Conv2D(3, 1, name="a")(inputs))
+    b = layers.BatchNormalization(name="bn_b")(layers.Conv2D(3, 1, name="b")(inputs))
+    x = layers.Add()([a, b])
+    x = layers.BatchNormalization(scale=False, name="no_scale")(x)
+    model = keras.Model(inputs, head(x))
+    model.get_layer("bn_a").gamma.assign([1.0, -2.0, 3.0])
+    model.get_layer("bn_b").gamma.assign([0.5, 0.5, -0.5])
+    scores = structured.bn_scales(model, ["a"])
+    np.testing.assert_allclose(scores["a"], [1.5, 2.5, 3.5])     # |gamma| summed, by hand
+    lone = keras.Model(inputs, head(layers.Conv2D(2, 1, name="c")(inputs), "h2"))
+    assert structured.bn_scales(lone, ["c"]) == {"c": None}

@@ -169,7 +169,7 @@ def test_bad_model_and_layer_exit_2(tmp_path, tiny_cifar, tiny_model_file, no_re
     not_a_model = tmp_path / "junk.keras"
     not_a_model.write_text("hello")
     assert run(out + ["--model", str(not_a_model)]) == 2
-    assert "not a loadable Keras model" in capsys.readouterr().err
+    assert "not a .keras file" in capsys.readouterr().err
     regressor = keras.Sequential([keras.Input((32, 32, 3)), layers.Flatten(), layers.Dense(1)])
     regressor.save(tmp_path / "regressor.keras")
     assert run(out + ["--model", str(tmp_path / "regressor.keras")]) == 2
