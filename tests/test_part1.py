@@ -53,6 +53,24 @@ def test_the_reference_trains_without_the_validation_images_and_reads_test_once(
     assert info["training_images"] == 90 and sealed_test_set.state["reads"] == 1
 
 
+def test_a_cifar_resnet_trains_held_out_and_saves_a_float32_classifier(
+        tiny_cifar, tmp_path, monkeypatch, sealed_test_set):
+    """The quick form of `--experiments resnet56`: a ResNet-20 on tiny data."""
+    sealed_test_set(part1_cnn, "save_reference")
+    assert run(["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--epochs", "1",
+                "--experiments", "resnet20", "--precision", "mixed_bfloat16",
+                "--batch-size", "30"]) == 0
+    entry = stored_run(tmp_path, "part1")["experiments"]["resnet20"]
+    assert entry["complete"] and entry["config"]["depth"] == 20
+    assert entry["config"]["validation"]["validation"] == "train[90:100]"
+    info = json.load(open(tmp_path / "models" / "resnet20.json"))
+    assert info["training_images"] == 90 and sealed_test_set.state["reads"] == 1
+    keras.mixed_precision.set_global_policy("float32")     # as Parts 2-5 load it
+    saved = keras.saving.load_model(tmp_path / "models" / "resnet20.keras", safe_mode=True)
+    assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
+    assert saved.count_params() == 274_042 and all(not layer.losses for layer in saved.layers)
+
+
 @pytest.mark.parametrize("option, expected", [("float32", "float32"),
                                                ("mixed_bfloat16", "mixed_bfloat16")])
 def test_precision_applies_to_the_reference_only(option, expected):
