@@ -289,7 +289,7 @@ def run_settings(args, data_id):
 
 
 def plot_figures(run, figures_dir):
-    from common.plots import PART1_FIGURES
+    from common.plots_training import PART1_FIGURES
     experiments = run.get("experiments", {})
     for filename, (plot, needs) in PART1_FIGURES.items():
         missing = [n for n in needs if not experiments.get(n, {}).get("epochs")]

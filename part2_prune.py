@@ -258,7 +258,7 @@ def report(run, model, made, splits):
 
 
 def plot_figures(run, figures_dir, results_dir):
-    from common import plots
+    from common import plots_compression as plots
     path = functools.partial(os.path.join, figures_dir)
     if run.get("layer_sensitivity"):
         print("wrote", plots.plot_layer_sensitivity(run, path("part2_layer_sensitivity.png")))

@@ -293,7 +293,7 @@ def plot_figures(run, figures_dir):
     """The figure of one machine's timings: this machine's if it has timed
     these models, else the last machine's; Part 3's Tucker-2 models beside,
     where Part 3 timed them from the same reference on that machine."""
-    from common import plots
+    from common import plots_compression as plots
     keras_block = machine.this_machine(run.get("keras_timings")) or \
         (run.get("keras_timings") or [None])[-1]
     litert_block = keras_block and next(

@@ -214,7 +214,7 @@ def timing(run, original, made, images):
 
 
 def plot_figures(run, figures_dir):
-    from common import plots
+    from common import plots_compression as plots
     print("wrote", plots.plot_reconstruction_vs_rank(
         run["reconstruction"], os.path.join(figures_dir, "part3_reconstruction_vs_rank.png")))
     if run.get("sweep"):

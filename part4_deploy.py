@@ -275,7 +275,7 @@ def timing(run, flatbuffers, images):
 
 
 def plot_figures(run, figures_dir):
-    from common import plots
+    from common import plots_deployment as plots
     if run.get("models"):
         print("wrote", plots.plot_deployment(run, os.path.join(figures_dir, "part4_deploy.png")))
 

@@ -516,7 +516,7 @@ def report(s, budgets):
 
 
 def plot_figures(run, figures_dir, results_dir):
-    from common import plots
+    from common import plots_deployment as plots
     from common.results import runs_alike
     if not run.get("front"):
         return
