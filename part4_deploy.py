@@ -33,6 +33,7 @@ import os
 # --plot-only answer at once.
 from common import cli, runs
 from common.data import VALIDATION_SIZE
+from common.methods import METHODS
 from common.results import NUMBER, Map, file_digest, runs_alike
 
 # ---- configuration ---------------------------------------------------------
@@ -40,17 +41,6 @@ PRECISIONS = ("float32", "dynamic_int8", "int8")
 # Pruned models also with sparse weights encoded: a smaller file; whether it
 # runs faster is the runtime's business (XNNPACK densifies it: docs/part4.md).
 SPARSE_PRECISIONS = ("float32", "int8")
-# The compressed models deployed, by family: the part, its results section and
-# row key, the values wanted (what a missing model's command makes), and the
-# row fields of its test accuracy in Keras.
-FAMILIES = {
-    "tucker": ("part3.json", "sweep", "k", (4,), "python part3_tucker.py --k {}"),
-    "pruned": ("part2.json", "finetune", "sparsity", (0.9,),
-               "python part2_prune.py --fine-tune-sparsities {}"),
-    "structured": ("part2_structured.json", "finetuned", "flops_reduction",
-                   (0.5, 0.55, 0.65, 0.75), "python part2_structured.py --flops-reductions {}"),
-    "search": ("part5_budget.json", "front", "budget", (), "python part5_budget.py"),
-}
 # int8's activation ranges come from this many training images, drawn at
 # random with the seed (never validation or test images).
 CALIBRATION_IMAGES = 300
@@ -95,10 +85,6 @@ def run_settings(args, model_sha256, data_id):
                        "images": args.timing_images, "repeats": args.timing_repeats}}
 
 
-def family_name(family, value):
-    return f"tucker_k{value}" if family == "tucker" else f"{family}_{100 * value:g}"
-
-
 def compressed_models(settings, results_dirs, model_option=""):
     """The compressed models made from the original, found in the results of
     Parts 2, 3 and 5 in `results_dirs`: rows of runs with the same original,
@@ -110,12 +96,15 @@ def compressed_models(settings, results_dirs, model_option=""):
     missing : list of lines, one per wanted model that is not there
     """
     found, missing, seen = {}, [], {settings["model_sha256"]}
-    for family, (part, section, key, wanted, command) in FAMILIES.items():
+    for family, method in METHODS.items():   # where each method's models are
+        if method.results is None:
+            continue
+        (part, section, wanted, command), key = method.results, method.key
         rows = [(row, folder) for folder in results_dirs
                 for run in runs_alike(os.path.join(folder, part), settings)
                 for row in run.get(section, [])]
         for row, folder in rows:
-            name = family_name(family, row[key])
+            name = method.file_name(row[key])
             problem = runs.model_problem(row)
             if row.get("model_sha256") in seen:
                 continue  # the original itself (a budget int8 alone meets), or a model twice
@@ -125,9 +114,9 @@ def compressed_models(settings, results_dirs, model_option=""):
                     "family": family, key: row[key], "source": row["model"],
                     "source_sha256": row["model_sha256"],
                     "keras_test_accuracy": row.get("test_accuracy")})
-        lacking = [v for v in wanted if family_name(family, v) not in found]
+        lacking = [v for v in wanted if method.file_name(v) not in found]
         if lacking:
-            why = "; ".join(f"{family_name(family, row[key])}: {runs.model_problem(row)}"
+            why = "; ".join(f"{method.file_name(row[key])}: {runs.model_problem(row)}"
                             for row, _ in rows if row[key] in lacking) or "no row made from it"
             missing.append(f"{family} {', '.join(f'{v:g}' for v in lacking)}: {why}; make "
                            f"with: {command.format(' '.join(f'{v:g}' for v in lacking))}"

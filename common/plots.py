@@ -11,14 +11,15 @@ matplotlib.use("Agg")  # files only; works without a display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
 
+from common.methods import METHODS  # noqa: E402
+
 
 CHANCE = 0.1  # ten balanced classes
 
 
 MARKERS = "osD^v"
-# One colour per method in every figure.
-METHOD_COLOURS = {"original": "k", "pruned": "C0", "tucker": "C1", "structured": "C2",
-                  "search": "C3"}
+# One colour per method in every figure (common/methods.py).
+METHOD_COLOURS = {family: method.colour for family, method in METHODS.items()}
 
 
 def dataset_name(run):
@@ -118,14 +119,10 @@ def footnote(fig, text):
              color="0.35", ha="left", va="bottom", gid="footnote")
 
 
-FAMILY_NAMES = {"original": "original", "tucker": "Tucker-2 (k), fine-tuned",
-                "pruned": "weights pruned (share), fine-tuned",
-                "structured": "filters removed (share of FLOPs), fine-tuned",
-                "search": "searched for a latency budget"}
+FAMILY_NAMES = {family: method.legend for family, method in METHODS.items()}
 PRECISION_MARKERS = {"float32": "o", "dynamic_int8": "s", "int8": "D"}
 
 
 def point_label(row):
-    return {"tucker": f"k{row.get('k')}", "pruned": f"{100 * row.get('sparsity', 0):g}%",
-            "structured": f"−{100 * row.get('flops_reduction', 0):g}%",
-            "search": f"≤{row.get('budget', 0):g}"}.get(row["family"], "")
+    """A model's label on a figure point ("k4", "90%", "−50%", "≤0.1")."""
+    return METHODS[row["family"]].short(row)

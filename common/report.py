@@ -17,6 +17,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 from common.cli import REPO_ROOT, Parser, run_main  # noqa: E402
 from common import machine  # noqa: E402
+from common.methods import METHODS  # noqa: E402
 from common.results import ResultsStore, read_json, settings_label  # noqa: E402
 
 
@@ -196,22 +197,14 @@ def _points(value, reference):
 
 
 def _part4_label(row):
-    """"Tucker k = 4", "pruned 90%", "filters removed, −50% FLOPs", "searched, budget
-    0.1" or "original"."""
-    if row["family"] == "tucker":
-        return f"Tucker k = {row['k']}"
-    if row["family"] == "pruned":
-        return f"pruned {100 * row['sparsity']:g}%"
-    if row["family"] == "structured":
-        return f"filters removed, −{100 * row['flops_reduction']:g}% FLOPs"
-    if row["family"] == "search":
-        return f"searched for {row['budget']:g} of the time"
-    return "original"
+    """"Tucker k = 4", "pruned 90%", "filters removed, −50% FLOPs", "searched for
+    0.1 of the time" or "original" (common/methods.py)."""
+    return METHODS[row["family"]].label(row)
 
 
 def _part4_rows(part4):
     """Rows in reading order: family, then k or sparsity, then precision."""
-    order = {"original": 0, "tucker": 1, "pruned": 2, "structured": 3, "search": 4}
+    order = {family: i for i, family in enumerate(METHODS)}
     precisions = ("float32", "dynamic_int8", "int8")
     return sorted(part4.get("models", []), key=lambda r: (
         order[r["family"]], r.get("k", 0), r.get("sparsity", 0), r.get("flops_reduction", 0),
