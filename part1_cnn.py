@@ -221,7 +221,7 @@ def save_reference(classifier, config, entry, splits, paths, name="reference"):
     its accuracy on the validation split, then (the report) on the test set,
     plain and with test-time augmentation."""
     from common.results import file_digest
-    from common.training import accuracy, predict_flip_tta, predict_flip_translate_tta
+    from common.evaluation import accuracy, predict_flip_translate_tta, predict_flip_tta
     model = export_classifier(classifier, config)
     path = os.path.join(paths["models"], f"{name}.keras")
     model.save(path)

@@ -113,7 +113,7 @@ def sparsity_name(sparsity):
 
 def run_settings(args, model_sha256, data_id):
     """Everything that changes this part's numbers: results are keyed by it."""
-    from common.training import fine_tune_recipe
+    from common.finetune import fine_tune_recipe
     recipe = fine_tune_recipe(args.fine_tune_epochs, args.batch_size, args.precision)
     return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,
             "seed": args.seed, "rates": list(args.rates), "sparsities": list(args.sparsities),
@@ -124,7 +124,7 @@ def layer_sensitivity(run, model, names, rates, validation):
     """Per layer: validation accuracy with only that layer pruned at each rate,
     a layer at a time into the run (finished layers skipped)."""
     from common import pruning
-    from common.training import accuracy_on
+    from common.evaluation import accuracy_on
     done = run.find().get("layer_sensitivity", {})
     chosen = [(i, layer) for i, layer in enumerate(pruning.prunable_layers(model), start=1)
               if layer.name in names]
@@ -154,7 +154,7 @@ def masks_at(model, kind, sparsity):
 def accuracy_after(model, validation, *steps):
     """Validation accuracy after applying `steps` (functions that change the
     model in place) in order; every weight of the model is restored afterwards."""
-    from common.training import accuracy_on
+    from common.evaluation import accuracy_on
     saved = model.get_weights()
     try:
         for step in steps:
@@ -191,19 +191,19 @@ def fine_tune_at(run, model_path, sparsity, splits):
     (on the side). Then fine-tune from the dense weights, pruned gradually to
     `sparsity` (`pruning.fine_tune_pruned`), the dense model as teacher; save
     it and measure its size. Every accuracy on the validation split."""
-    from common import measure, models, pruning, training
+    from common import evaluation, measure, models, pruning
     model = models.load_classifier(model_path)
     dense_weights, dense_kernels = model.get_weights(), pruning.kernels_of(model)
     masks = masks_at(model, "global", sparsity)
     pruning.apply_masks(model, masks)
-    pruned = training.accuracy_on(model, splits.validation)
-    training.recalibrate_batchnorm(model, splits.train[0][:RECALIBRATION_IMAGES])
-    recalibrated = training.accuracy_on(model, splits.validation)
+    pruned = evaluation.accuracy_on(model, splits.validation)
+    evaluation.recalibrate_batchnorm(model, splits.train[0][:RECALIBRATION_IMAGES])
+    recalibrated = evaluation.accuracy_on(model, splits.validation)
     refitted = accuracy_after(
         model, splits.validation,
         lambda m: pruning.refit_kept_weights(m, masks, dense_kernels,
                                              splits.train[0][:REFIT_IMAGES]),
-        lambda m: training.recalibrate_batchnorm(m, splits.train[0][:RECALIBRATION_IMAGES]))
+        lambda m: evaluation.recalibrate_batchnorm(m, splits.train[0][:RECALIBRATION_IMAGES]))
     model.set_weights(dense_weights)
     recipe = {k: v for k, v in run.settings["fine_tune"].items() if k != "gradual"}
     name = f"pruned_{sparsity_name(sparsity)}"
@@ -214,7 +214,7 @@ def fine_tune_at(run, model_path, sparsity, splits):
     row = {"sparsity": sparsity, "measured_sparsity": pruning.sparsity(model),
            "validation_accuracy_pruned": pruned, "validation_accuracy_recalibrated": recalibrated,
            "validation_accuracy_refitted": refitted,
-           "validation_accuracy_fine_tuned": training.accuracy_on(model, splits.validation),
+           "validation_accuracy_fine_tuned": evaluation.accuracy_on(model, splits.validation),
            "nonzero_params": measure.count_nonzero_params(model), "records": records,
            **pruning.model_sizes(model, run.model_file(name)), **run.save_model(model, name)}
     print(f"global {sparsity:.2f}: validation {pruned:.4f} -> {recalibrated:.4f} batch norm "
@@ -248,7 +248,7 @@ def fine_tune_all(run, model_path, sparsities, splits):
 def report(run, model, made, splits):
     """The report: test accuracy of the dense model and of each fine-tuned
     model, read once per model file."""
-    from common.training import accuracy_on
+    from common.evaluation import accuracy_on
     if "test_accuracy" not in run.find()["dense"]:
         run.update(lambda r: r["dense"].update(test_accuracy=accuracy_on(model, splits.test())))
     for row in run.find().get("finetune", []):
@@ -285,7 +285,7 @@ def main(argv=None):
     run, splits, model_path = runs.start(
         RESULTS_FILE, args, lambda digest, data_id: run_settings(args, digest, data_id), SCHEMA)
     from common import measure, models, pruning, report as tables
-    from common.training import accuracy_on
+    from common.evaluation import accuracy_on
     model = models.load_classifier(model_path)
     names = [layer.name for layer in pruning.prunable_layers(model)]
     unknown = sorted(set(args.layers or []) - set(names))

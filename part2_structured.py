@@ -102,7 +102,7 @@ def parse_args(argv=None):
 
 def run_settings(args, model_sha256, data_id):
     """Everything that changes this section's numbers: results are keyed by it."""
-    from common.training import fine_tune_recipe
+    from common.finetune import fine_tune_recipe
     recipe = fine_tune_recipe(args.fine_tune_epochs, args.batch_size, args.precision) \
         if args.fine_tune_epochs else None
     return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,
@@ -141,7 +141,7 @@ def measure_pruned(model, keep, splits):
     """The model without the filters `keep` leaves out: its validation accuracy
     as pruned and with batch norm re-estimated, parameters and FLOPs."""
     from common import measure, structured
-    from common.training import accuracy_on, recalibrate_batchnorm
+    from common.evaluation import accuracy_on, recalibrate_batchnorm
     smaller = structured.remove_filters(model, keep)
     row = {"validation_accuracy": accuracy_on(smaller, splits.validation)}
     recalibrate_batchnorm(smaller, splits.train[0][:IMPORTANCE_IMAGES])
@@ -156,7 +156,7 @@ def sensitivity_sweep(run, model, scores, splits):
     with only that layer keeping each of SENSITIVITY_SHARES of its filters (its
     best ones), and all of them (share 1). Returns criterion -> conv -> curve."""
     from common import structured
-    from common.training import accuracy_on
+    from common.evaluation import accuracy_on
     done = run.find().get("sensitivity", {})
     todo = [(c, n) for c in scores for n in scores[c] if n not in done.get(c, {})]
     sweep = cli.Sweep(len(todo), "sensitivity", skipped=sum(map(len, scores.values())) - len(todo))
@@ -216,7 +216,7 @@ def fine_tune_best(run, model, scores, splits):
     norm re-estimated), its filters removed, fine-tuned with the original as
     teacher and saved; a stored one whose model file checks out is reused.
     Returns reduction -> the fine-tuned model."""
-    from common import models, structured, training
+    from common import evaluation, finetune, models, structured
     chosen = {}
     stored = {row["flops_reduction"]: row for row in run.find().get("finetuned", [])}
     for reduction in sorted(run.settings["flops_reductions"], reverse=True):  # smallest first
@@ -234,13 +234,13 @@ def fine_tune_best(run, model, scores, splits):
               "validation split, batch norm re-estimated)")
         smaller = structured.remove_filters(model, structured.keep_indices(
             scores[best["criterion"]], best["filters"]))
-        training.recalibrate_batchnorm(smaller, splits.train[0][:IMPORTANCE_IMAGES])
-        records = training.fine_tune(
+        evaluation.recalibrate_batchnorm(smaller, splits.train[0][:IMPORTANCE_IMAGES])
+        records = finetune.fine_tune(
             smaller, splits.train, splits.validation, teacher=model, seed=run.settings["seed"],
             backup_dir=os.path.join(run.paths["checkpoints"], f"{name}-{run.label}"),
             **run.settings["fine_tune"])
         row = {**best, "records": records,
-               "validation_accuracy_fine_tuned": training.accuracy_on(smaller, splits.validation),
+               "validation_accuracy_fine_tuned": evaluation.accuracy_on(smaller, splits.validation),
                **run.save_model(smaller, name)}
         run.upsert("finetuned", "flops_reduction", row)
         chosen[reduction] = smaller
@@ -250,7 +250,7 @@ def fine_tune_best(run, model, scores, splits):
 def report(run, model, chosen, splits):
     """The report: test accuracy of the original and of each fine-tuned model,
     read once per model file."""
-    from common.training import accuracy_on
+    from common.evaluation import accuracy_on
     if "test_accuracy" not in run.find()["original"]:
         run.update(lambda r: r["original"].update(test_accuracy=accuracy_on(model,
                                                                             splits.test())))
@@ -333,7 +333,7 @@ def main(argv=None):
         RESULTS_FILE, args, lambda digest, data_id: run_settings(args, digest, data_id), SCHEMA,
         check=lambda model, path: prunable(model, path, args.layers))
     from common import models, report as tables, structured
-    from common.training import accuracy_on
+    from common.evaluation import accuracy_on
     model = models.load_classifier(model_path)
     names = structured.prunable_convs(model)
     whole = structured.graph(model).whole

@@ -6,7 +6,7 @@ conv c -> R1, a kh x kw core conv R1 -> R2 and a 1x1 conv R2 -> f, with
 R1 = ceil(c*k/8) and R2 = ceil(f*k/8). For each k this measures accuracy on
 the validation split as decomposed, with batch norm re-estimated and after a
 short fine-tune (the shared recipe at Tucker-2's lower peak learning rate,
-without a teacher: common.training.FOR_TUCKER), then the fine-tuned model's
+without a teacher: common.finetune.FOR_TUCKER), then the fine-tuned model's
 test accuracy (the report), its parameters, FLOPs and forward time beside
 the original's on this machine (study at k = 4: 88.02% vs ~90%, 77% of the
 time), and the reconstruction error of one layer against rank.
@@ -74,7 +74,7 @@ def parse_args(argv=None):
 
 def run_settings(args, model_sha256, data_id):
     """Everything that changes this part's numbers: results are keyed by it."""
-    from common.training import FOR_TUCKER, fine_tune_recipe
+    from common.finetune import fine_tune_recipe, FOR_TUCKER
     recipe = fine_tune_recipe(args.fine_tune, args.batch_size, args.precision, **FOR_TUCKER) \
         if args.fine_tune else None
     return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,
@@ -136,19 +136,19 @@ def decompose(original, k, splits, recipe, seed, backup_dir):
     """The k-decomposed model, batch norm re-estimated and fine-tuned (with a
     recipe; a killed fine-tune resumes from `backup_dir`), and its row:
     accuracy on the validation split at each stage."""
-    from common import measure, training, tucker
+    from common import evaluation, finetune, measure, tucker
     model, ranks = tucker.decompose_model(original, lambda c, f: tucker.tucker_ranks(c, f, k))
     row = {"k": k, "ranks": ranks, "params": measure.count_params(model),
            "flops": measure.count_flops(model),
-           "validation_accuracy": training.accuracy_on(model, splits.validation)}
-    training.recalibrate_batchnorm(model, splits.train[0][:RECALIBRATION_IMAGES])
-    row["validation_accuracy_recalibrated"] = training.accuracy_on(model, splits.validation)
+           "validation_accuracy": evaluation.accuracy_on(model, splits.validation)}
+    evaluation.recalibrate_batchnorm(model, splits.train[0][:RECALIBRATION_IMAGES])
+    row["validation_accuracy_recalibrated"] = evaluation.accuracy_on(model, splits.validation)
     row["validation_accuracy_fine_tuned"] = None
     if recipe:
-        row["fine_tune_records"] = training.fine_tune(
+        row["fine_tune_records"] = finetune.fine_tune(
             model, splits.train, splits.validation, teacher=original, seed=seed,
             backup_dir=backup_dir, **recipe)
-        row["validation_accuracy_fine_tuned"] = training.accuracy_on(model, splits.validation)
+        row["validation_accuracy_fine_tuned"] = evaluation.accuracy_on(model, splits.validation)
     return model, row
 
 
@@ -180,7 +180,7 @@ def sweep(run, original, ks, splits):
 def report(run, original, made, splits):
     """The report: test accuracy of the original and of each model made or
     reused now, read once per model file (stored with its row)."""
-    from common.training import accuracy_on
+    from common.evaluation import accuracy_on
     if "test_accuracy" not in run.find().get("original", {}):
         run.update(lambda r: r["original"].update(test_accuracy=accuracy_on(original,
                                                                             splits.test())))
@@ -233,7 +233,7 @@ def main(argv=None):
     run, splits, model_path = runs.start(
         RESULTS_FILE, args, lambda digest, data_id: run_settings(args, digest, data_id), SCHEMA,
         check=lambda model, path: eligible(model, path, args.layer))
-    from common import measure, models, report as tables, training
+    from common import evaluation, measure, models, report as tables
     original = models.load_classifier(model_path)
     stored = run.find().get("reconstruction", {}).get("layer")
     if stored and args.layer in (None, stored):
@@ -243,7 +243,7 @@ def main(argv=None):
         run.update(lambda r: r.update(reconstruction=curves))
     if "original" not in run.find():
         run.update(lambda r: r.update(original={
-            "validation_accuracy": training.accuracy_on(original, splits.validation),
+            "validation_accuracy": evaluation.accuracy_on(original, splits.validation),
             "params": measure.count_params(original), "flops": measure.count_flops(original)}))
     made = sweep(run, original, sorted(set(args.k or K_VALUES)), splits)
     report(run, original, made, splits)

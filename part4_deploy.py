@@ -216,7 +216,7 @@ def report(run, flatbuffers, splits):
     """The report: each flatbuffer's accuracy on every test image, in LiteRT,
     read once per file (stored with its row)."""
     from common import deploy
-    from common.training import accuracy
+    from common.evaluation import accuracy
     todo = [row for row in run.find()["models"]
             if row["name"] in flatbuffers and "test_accuracy" not in row]
     progress = cli.Sweep(len(todo), "test accuracy")

@@ -114,7 +114,7 @@ def run_settings(args, model_sha256, data_id):
     """Everything that changes this part's numbers, this machine included
     (budgets are rows: more of them extend the same run)."""
     from common import machine
-    from common.training import fine_tune_recipe
+    from common.finetune import fine_tune_recipe
     space = QUICK if args.quick else {"keeps": list(KEEPS), "ranks": list(RANKS)}
     return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,
             "seed": args.seed, "keeps": space["keeps"], "ranks": space["ranks"],
@@ -170,7 +170,7 @@ class Search:
         """The reference under a configuration, batch norm re-estimated (the
         reference itself for the configuration that changes nothing)."""
         from common import search
-        from common.training import recalibrate_batchnorm
+        from common.evaluation import recalibrate_batchnorm
         if self.unchanged(configuration):
             return self.reference
         model = search.build(self.reference, configuration, self.scores)
@@ -319,7 +319,7 @@ def sensitivity(s):
     """Each choice's accuracy loss alone: the reference with only that conv
     changed, batch norm re-estimated, on the validation split (a conv at a time)."""
     from common import search
-    from common.training import accuracy_on
+    from common.evaluation import accuracy_on
     done = s.run.find().get("sensitivity", {})
     todo = [conv for conv in s.convs if conv not in done]
     progress = cli.Sweep(len(todo), "conv's choices", skipped=len(s.convs) - len(todo))
@@ -391,13 +391,13 @@ def screen(s, budget):
 def measure_candidate(s, budget, configuration):
     """One configuration built, fine-tuned briefly and measured (see `screen`);
     its row, stored."""
-    from common import deploy, search, training
-    from common.training import accuracy
+    from common import deploy, finetune, search
+    from common.evaluation import accuracy
     key = f"{budget:g} {search.configurations_key(configuration)}"
     model = s.build(configuration)
     if not s.unchanged(configuration):
         screen_train = tuple(part[:SCREEN_IMAGES] for part in s.splits.train)
-        training.fine_tune(model, screen_train, None, epochs=1, teacher=s.reference,
+        finetune.fine_tune(model, screen_train, None, epochs=1, teacher=s.reference,
                            seed=s.run.settings["seed"], verbose=0, **{
                                k: v for k, v in s.run.settings["fine_tune"].items()
                                if k != "epochs"})
@@ -424,7 +424,7 @@ def finish(s, budget, chosen):
     is reused, its files checked."""
     import time
 
-    from common import deploy, training
+    from common import deploy, evaluation, finetune
     from common.results import file_digest
     name = f"budget_{budget:g}"
     same = [r for r in s.run.find().get("front", [])
@@ -442,7 +442,7 @@ def finish(s, budget, chosen):
                  "model_sha256": s.run.settings["model_sha256"]}
     else:
         start = time.perf_counter()
-        training.fine_tune(model, s.splits.train, s.splits.validation, teacher=s.reference,
+        finetune.fine_tune(model, s.splits.train, s.splits.validation, teacher=s.reference,
                            seed=s.run.settings["seed"], backup_dir=os.path.join(
                                s.run.paths["checkpoints"], f"{name}-{s.run.label}"),
                            **s.run.settings["fine_tune"])
@@ -455,7 +455,7 @@ def finish(s, budget, chosen):
     row = {"budget": budget, "configuration": chosen["configuration"],
            "predicted_ratio": chosen["predicted_ratio"], "screened_ratio": chosen["ratio"],
            "precision": s.run.find()["precision"]["chosen"],
-           "validation_accuracy": training.accuracy(
+           "validation_accuracy": evaluation.accuracy(
                deploy.predict(flatbuffer, s.splits.validation[0]), s.splits.validation[1]),
            "params": int(model.count_params()), "fine_tune_seconds": seconds,
            **saved, "tflite": cli.shown_path(path),
@@ -488,7 +488,7 @@ def report(s, budgets):
     file), and all of them timed end to end together with the reference in
     float32 and int8, ratios to its float32 time."""
     from common import deploy
-    from common.training import accuracy
+    from common.evaluation import accuracy
     rows = [r for r in s.run.find().get("front", []) if r["budget"] in budgets]
     if not rows:
         return

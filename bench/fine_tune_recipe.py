@@ -1,4 +1,4 @@
-"""Does the shared fine-tuning recipe (common.training.FINE_TUNE) hold on the
+"""Does the shared fine-tuning recipe (common.finetune.FINE_TUNE) hold on the
 validation split?
 
 The recipe was first picked at 90% sparsity on test accuracy. This re-checks
@@ -26,7 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402,F401
-from common import cli, machine, models, pruning, training, tucker  # noqa: E402
+from common import cli, evaluation, finetune, machine, models, pruning, tucker  # noqa: E402
 from common.data import load_for_run  # noqa: E402
 from common.results import file_digest, read_json, write_json  # noqa: E402
 
@@ -48,7 +48,7 @@ TUCKER_VARIANTS = ("recipe", "peak lr 0.05, no teacher", "peak lr 0.05")
 def fine_tuned(method, variant, reference_path, splits, seed):
     """Validation accuracy per epoch of one method fine-tuned with one variant."""
     changes, gradual = VARIANTS[variant]
-    recipe = {**training.fine_tune_recipe(), **changes}
+    recipe = {**finetune.fine_tune_recipe(), **changes}
     teacher = models.load_classifier(reference_path) if recipe["distillation_weight"] else None
     model = models.load_classifier(reference_path)
     if method == "pruned 90%":
@@ -56,8 +56,8 @@ def fine_tuned(method, variant, reference_path, splits, seed):
                                            splits.validation, recipe, gradual, seed)
     else:
         model, _ = tucker.decompose_model(model, lambda c, f: tucker.tucker_ranks(c, f, 4))
-        training.recalibrate_batchnorm(model, splits.train[0][:10_000])
-        records = training.fine_tune(model, splits.train, splits.validation, teacher=teacher,
+        evaluation.recalibrate_batchnorm(model, splits.train[0][:10_000])
+        records = finetune.fine_tune(model, splits.train, splits.validation, teacher=teacher,
                                      seed=seed, **recipe)
     return [round(r["validation_accuracy"], 4) for r in records]
 
@@ -76,7 +76,7 @@ def main():
     path = os.path.join(cli.REPO_ROOT, "results", "probes.json")
     probe = {"what": __doc__.split("\n\n")[1].replace("\n", " "),
              "model_sha256": file_digest(args.model), "data": splits.data_id,
-             "recipe": training.fine_tune_recipe(), "gradual": GRADUAL, "seed": 0,
+             "recipe": finetune.fine_tune_recipe(), "gradual": GRADUAL, "seed": 0,
              "machine": machine.label(machine.identity()), "validation_accuracy": {}}
     stored = read_json(path).get("fine_tune_recipe", {})
     if {k: stored.get(k) for k in ("model_sha256", "data", "recipe")} == \

@@ -1,7 +1,7 @@
 """Does bfloat16 compute make training faster on this machine?
 
 Trains the reference model's fine-tuning copy (`models.with_precision`, as
-`training.fine_tune` does) in float32 and in mixed_bfloat16, one epoch over the
+`finetune.fine_tune` does) in float32 and in mixed_bfloat16, one epoch over the
 same random images each, interleaved `--repeats` times, and prints the median
 time ratio bf16 / float32 beside what `--precision auto` picks here.
 

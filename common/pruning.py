@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from common import training
+from common import evaluation, finetune
 from common.models import leaf_layers
 
 
@@ -273,10 +273,10 @@ def pruned_accuracy(model, masks, data, recalibration_images=None):
     try:
         apply_masks(model, masks)
         if recalibration_images is not None:
-            training.recalibrate_batchnorm(model, recalibration_images)
+            evaluation.recalibrate_batchnorm(model, recalibration_images)
         nonzero = int(sum(np.count_nonzero(keras.ops.convert_to_numpy(w))
                           for w in model.weights))
-        return training.accuracy_on(model, data), nonzero
+        return evaluation.accuracy_on(model, data), nonzero
     finally:
         model.set_weights(saved)
 
@@ -287,9 +287,9 @@ def fine_tune_pruned(model, teacher, sparsity, train, validation, recipe, gradua
     (global magnitude): from `1 - gradual["start_kept_factor"] * (1 - sparsity)`
     to the final masks over `gradual["ramp_epochs"]`, re-chosen every
     `gradual["mask_every"]` steps, then with the masks fixed; distilling from
-    `teacher` with `recipe` (see `training.fine_tune`). The batch norms are
+    `teacher` with `recipe` (see `finetune.fine_tune`). The batch norms are
     re-estimated on 10,000 training images at the starting masks. With a
-    `backup_dir`, an interrupted call resumes (see `training.fine_tune`).
+    `backup_dir`, an interrupted call resumes (see `finetune.fine_tune`).
 
     Returns the per-epoch records.
     """
@@ -299,6 +299,6 @@ def fine_tune_pruned(model, teacher, sparsity, train, validation, recipe, gradua
                               round(gradual["ramp_epochs"] * steps_per_epoch),
                               initial_sparsity=start, every=gradual["mask_every"])
     apply_masks(model, global_masks(kernels_of(model), start))
-    training.recalibrate_batchnorm(model, train[0][:10_000])
-    return training.fine_tune(model, train, validation, teacher=teacher, seed=seed,
+    evaluation.recalibrate_batchnorm(model, train[0][:10_000])
+    return finetune.fine_tune(model, train, validation, teacher=teacher, seed=seed,
                               callbacks=[schedule], backup_dir=backup_dir, **recipe)

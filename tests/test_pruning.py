@@ -79,7 +79,7 @@ def test_masks_survive_fit():
 def test_masks_survive_fine_tuning_with_lookahead():
     """fine_tune averages the weights (lookahead) in its second epoch: the
     pruned weights must still come out exactly zero."""
-    from common.training import fine_tune
+    from common.finetune import fine_tune
     model = tiny_classifier()
     masks = pruning.global_masks(pruning.kernels_of(model), 0.8)
     pruning.apply_masks(model, masks)

@@ -251,7 +251,7 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, capsys, seal
 
 
 def test_an_interrupted_fine_tune_resumes_from_its_last_epoch(tmp_path):
-    from common import training
+    from common import finetune
     rng = np.random.default_rng(0)
     train = (rng.uniform(size=(20, 32, 32, 3)).astype("float32"),
              np.eye(10, dtype="float32")[rng.integers(0, 10, 20)])
@@ -269,7 +269,7 @@ def test_an_interrupted_fine_tune_resumes_from_its_last_epoch(tmp_path):
     keras.callbacks.BackupAndRestore.on_epoch_end = killed_after_first
     try:
         with pytest.raises(Killed):
-            training.fine_tune(model, train, train, epochs=2, batch_size=10, precision="float32",
+            finetune.fine_tune(model, train, train, epochs=2, batch_size=10, precision="float32",
                                teacher=tiny_classifier(1), backup_dir=backup, verbose=0)
     finally:
         keras.callbacks.BackupAndRestore.on_epoch_end = real_end
@@ -278,7 +278,7 @@ def test_an_interrupted_fine_tune_resumes_from_its_last_epoch(tmp_path):
     keras.callbacks.BackupAndRestore.on_epoch_begin = \
         lambda self, epoch, logs=None: begun.append(epoch) or real_begin(self, epoch, logs)
     try:
-        records = training.fine_tune(model, train, train, epochs=2, batch_size=10,
+        records = finetune.fine_tune(model, train, train, epochs=2, batch_size=10,
                                      precision="float32", teacher=tiny_classifier(1),
                                      backup_dir=backup, verbose=0)
     finally:

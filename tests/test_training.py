@@ -7,8 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from common.training import (Distillation, Lookahead, fit_resumable,
-                             predict_flip_translate_tta, recalibrate_batchnorm)
+from common.training import fit_resumable, Lookahead
+from common.evaluation import predict_flip_translate_tta, recalibrate_batchnorm
+from common.finetune import Distillation
 
 
 class FakeOptimizer:
@@ -117,7 +118,7 @@ def test_distillation_adds_the_teachers_cross_entropy_while_training(temperature
 
 def test_fine_tune_with_a_teacher_trains_the_student_only():
     from common.pruning import KeepPruned, global_masks, kernels_of
-    from common.training import fine_tune
+    from common.finetune import fine_tune
     from tests.conftest import tiny_classifier
     student, teacher = tiny_classifier(0), tiny_classifier(1)
     masks = global_masks(kernels_of(student), 0.8)
