@@ -5,7 +5,10 @@ Where a run writes (results/, figures/, models/, checkpoints/):
 
 - `--output-dir DIR` when given;
 - else the repository, when its results file holds a run with exactly these
-  settings (the committed runs) or no run at all;
+  settings (the committed runs) or no run at all, unless that run holds
+  timings and none of this machine (then `runs/<part>-<label>-<machine>/`,
+  seeded with the committed rows but not their timings: a run on another
+  machine never changes a tracked file);
 - else `runs/<part>-<label>/` in the repository (gitignored), `<label>` naming
   the settings: a quick run, a run on other data or on another machine never
   changes a tracked file, and the same command finds its folder again.
@@ -24,14 +27,27 @@ from common.results import ResultsStore, file_digest, run_metadata, settings_lab
 RUNS_FOLDER = "runs"
 
 
+def timed_elsewhere(run):
+    """Whether `run` holds timings, none of them of this machine: a run of it
+    here would add this machine's beside them (and redraw the figures from
+    them), so it goes to runs/ instead."""
+    blocks = [b for key, value in run.items() if key.endswith("timings")
+              for b in (value or [])]
+    here = machine.identity()
+    return bool(blocks) and not any(machine.same_machine(b["machine"], here) for b in blocks)
+
+
 def default_root(results_file, settings):
     """Where a run with `settings` writes when no --output-dir is given."""
     store = ResultsStore(os.path.join(cli.REPO_ROOT, "results", results_file))
     runs = store.runs()
-    if not runs or any(run["settings"] == settings for run in runs):
+    match = next((run for run in runs if run["settings"] == settings), None)
+    if not runs or (match is not None and not timed_elsewhere(match)):
         return cli.REPO_ROOT
     part = os.path.splitext(results_file)[0]
-    return os.path.join(cli.REPO_ROOT, RUNS_FOLDER, f"{part}-{settings_label(settings)}")
+    label = settings_label(settings) if match is None else \
+        f"{settings_label(settings)}-{settings_label(machine.identity())}"
+    return os.path.join(cli.REPO_ROOT, RUNS_FOLDER, f"{part}-{label}")
 
 
 class Run:
@@ -60,7 +76,20 @@ class Run:
         stored = self.store.runs()
         if stored and stored[0]["settings"] != settings:  # not the file's primary run
             self.paths["figures"] = figures_folder(self.paths["figures"], settings)
-        if self.root != cli.REPO_ROOT and output_dir is None:
+        committed = None if self.root == cli.REPO_ROOT or output_dir is not None else \
+            ResultsStore(os.path.join(cli.REPO_ROOT, "results", results_file), schema).find(
+                settings)
+        if committed is not None and not self.stored:
+            # The committed run's rows (its models are checked by digest before any
+            # reuse), not its timings: this machine's go beside them here.
+            self.store.update(settings, lambda run: run.update(
+                {k: v for k, v in committed.items() if not k.endswith("timings")}))
+            self.stored = self.store.find(settings)
+        if committed is not None:
+            print(f"the committed run has no timing of this machine "
+                  f"({machine.label(machine.identity())}): writing to "
+                  f"{cli.shown_path(self.root)}/, its models reused")
+        elif self.root != cli.REPO_ROOT and output_dir is None:
             print(f"settings other than the committed runs': writing to "
                   f"{cli.shown_path(self.root)}/")
         if not self.stored:
