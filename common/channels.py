@@ -85,24 +85,25 @@ class Group:
 
 @dataclass
 class Graph:
+    """A model's calls (`nodes`, in order), its tensors' shapes and channel
+    segments, its `groups` (name -> `Group`) and the layers that keep groups
+    whole (`whole`: (layer name, why))."""
     model: object
     nodes: list
     shapes: dict                 # tensor id -> shape (batch axis first)
     segments: dict               # tensor id -> [(space, length, repeat), ...]
     inputs: list
     outputs: list
-    groups: dict                 # name -> Group
-    whole: list                  # (layer name, why) for each layer that keeps groups whole
     nested: bool
-    _spaces: object = None
+    spaces: object
+    groups: dict = field(default_factory=dict)
+    whole: list = field(default_factory=list)
+    roots: dict = field(default_factory=dict)      # group name -> its space
+    by_name: dict = field(default_factory=dict)    # node name -> Node
 
-    def channels(self, tensor, keep=None):
-        """Indices of `tensor`'s channels left when each group keeps
-        `keep[name]` (sorted indices; a group not named keeps everything)."""
-        return self._spaces.kept(self.segments[tensor], self._keep_by_root(keep or {}))
-
-    def _keep_by_root(self, keep):
-        return {self._roots[name]: np.asarray(indices, dtype=int)
+    def keep_by_root(self, keep):
+        """{group name: indices} as {space: indices}."""
+        return {self.roots[name]: np.asarray(indices, dtype=int)
                 for name, indices in keep.items()}
 
 
@@ -143,46 +144,41 @@ class _Spaces:
             if self.why[root] is None:
                 self.why[root] = why
 
-    def _split(self, root, sizes):
-        self.pieces[root] = [self.new(size, self.why[root]) for size in sizes]
+    def _misaligned(self, atoms, cuts):
+        """Split the first atom that a cut falls inside: "split", None when no
+        cut does, or why it cannot be split (a cut inside a repeated channel)."""
+        start = 0
+        for root, n, r in atoms:
+            inner = [c - start for c in sorted(cuts) if start < c < start + n * r]
+            if inner:
+                if any(offset % r for offset in inner):
+                    return "depth multipliers do not line up"
+                bounds = [0, *(offset // r for offset in inner), n]
+                self.pieces[root] = [self.new(size, self.why[root])
+                                     for size in np.diff(bounds).tolist()]
+                return "split"
+            start += n * r
+        return None
 
     def tie(self, a, b, why):
-        """Make two tensors' channels the same channels; returns None, or the
-        reason they could not be tied (both are then pinned)."""
+        """Make two tensors' channels the same channels, splitting spaces where
+        their boundaries differ; returns None, or the reason they could not be
+        tied (both are then pinned)."""
         while True:
-            atoms_a, atoms_b = self.atoms(a), self.atoms(b)
-            ends = [np.cumsum([n * r for _, n, r in atoms]) for atoms in (atoms_a, atoms_b)]
-            if ends[0][-1] != ends[1][-1]:
+            atoms = [self.atoms(a), self.atoms(b)]
+            ends = [set(np.cumsum([n * r for _, n, r in side]).tolist()) for side in atoms]
+            if max(ends[0]) != max(ends[1]):
                 problem = "channel counts differ"
                 break
-            cuts = set(ends[0]) | set(ends[1])
-            split = False
-            for atoms, end in zip((atoms_a, atoms_b), ends):
-                for (root, n, r), stop in zip(atoms, end):
-                    inner = sorted(c for c in cuts if stop - n * r < c < stop)
-                    if not inner:
-                        continue
-                    offsets = [c - (stop - n * r) for c in inner]
-                    if any(o % r for o in offsets):
-                        problem = "depth multipliers do not line up"
-                        break
-                    bounds = [0, *(o // r for o in offsets), n]
-                    self._split(root, np.diff(bounds).tolist())
-                    split = True
-                    break
-                else:
-                    continue
-                if split or problem:
-                    break
-            else:
-                problem = None
-            if split:
+            problem = self._misaligned(atoms[0], ends[1]) or \
+                self._misaligned(atoms[1], ends[0])
+            if problem == "split":
                 continue
             if problem is None:
-                for (ra, _, rep_a), (rb, _, rep_b) in zip(atoms_a, atoms_b):
-                    if rep_a != rep_b:
-                        problem = "depth multipliers do not line up"
-                        break
+                if any(ra[2] != rb[2] for ra, rb in zip(*atoms)):
+                    problem = "depth multipliers do not line up"
+                    break
+                for (ra, _, _), (rb, _, _) in zip(*atoms):
                     ra, rb = self.find(ra), self.find(rb)
                     if ra != rb:
                         self.parent[rb] = ra
@@ -440,62 +436,44 @@ def build(model):
     for t in model_outputs:
         spaces.pin(segs[t], "model output")
     graph = Graph(model, reader.nodes, reader.shapes, segs, model_inputs, model_outputs,
-                  {}, whole, reader.nested, spaces)
-    graph._roots, graph.roles = {}, roles
+                  reader.nested, spaces, whole=whole,
+                  by_name={n.name: n for n in reader.nodes})
     _name_groups(graph, roles)
     return graph
 
 
 def _name_groups(graph, roles):
-    """Each unpinned space that a layer makes is a group; members listed."""
-    spaces = graph._spaces
+    """Each unpinned space that a layer makes is a group, named after the
+    first layer (in call order) that makes it; then every layer that makes,
+    reads or passes its channels is listed as a member."""
+    spaces = graph.spaces
     names = {}
     for node, role in roles:
-        tensors = node.outputs if role == "out" else node.inputs
-        for t in tensors:
-            atoms = spaces.atoms(graph.segments[t])
-            for root, n, _ in atoms:
-                if spaces.why[root] is not None:
-                    continue
-                if root not in names:
-                    if role != "out":
-                        continue
-                    start = _start(atoms, root)
-                    name = node.name if len(atoms) == 1 else f"{node.name}:{start}-{start + n}"
-                    names[root] = name
-                    graph.groups[name] = Group(name, n)
-                    graph._roots[name] = root
-                graph.groups[names[root]].members.append((node.name, role))
-    # Members whose role comes earlier than the producer in node order (none in a
-    # DAG) are picked up on a second pass: a channel-wise layer before the maker.
-    for node, role in roles:
-        if role == "out":
+        if role != "out":
             continue
-        for t in node.inputs:
-            for root, _, _ in spaces.atoms(graph.segments[t]):
-                name = names.get(root)
-                if name and (node.name, role) not in graph.groups[name].members:
-                    graph.groups[name].members.append((node.name, role))
-
-
-def _start(atoms, root):
-    offset = 0
-    for r, n, rep in atoms:
-        if r == root:
-            return offset
-        offset += n * rep
-    return offset
+        atoms = spaces.atoms(graph.segments[node.outputs[0]])
+        start = 0
+        for root, n, repeat in atoms:
+            if spaces.why[root] is None and root not in names:
+                names[root] = node.name if len(atoms) == 1 else f"{node.name}:{start}-{start + n}"
+                graph.groups[names[root]] = Group(names[root], n)
+                graph.roots[names[root]] = root
+            start += n * repeat
+    for node, role in roles:
+        tensor = node.outputs[0] if role == "out" else node.inputs[0]
+        for root, _, _ in spaces.atoms(graph.segments[tensor]):
+            members = graph.groups[names[root]].members if root in names else None
+            if members is not None and (node.name, role) not in members:
+                members.append((node.name, role))
 
 
 # ---- reading a graph -------------------------------------------------------------------
 
 def node(graph, name):
     """The `Node` (one call of a layer) named `name`."""
-    if not hasattr(graph, "_by_name"):
-        graph._by_name = {n.name: n for n in graph.nodes}
-    if name not in graph._by_name:
+    if name not in graph.by_name:
         raise ValueError(f"no layer named {name!r}")
-    return graph._by_name[name]
+    return graph.by_name[name]
 
 
 def positions(graph, member, group):
@@ -506,9 +484,9 @@ def positions(graph, member, group):
     roles = {role for name, role in graph.groups[group].members if name == member}
     n = node(graph, member)
     tensor = n.outputs[0] if roles == {"out"} else n.inputs[0]
-    root = graph._roots[group]
+    root = graph.roots[group]
     out, offset = [], 0
-    for atom, size, repeat in graph._spaces.atoms(graph.segments[tensor]):
+    for atom, size, repeat in graph.spaces.atoms(graph.segments[tensor]):
         if atom == root:
             out.append(offset + np.arange(size)[:, None] * repeat + np.arange(repeat)[None, :])
         offset += size * repeat
@@ -551,8 +529,8 @@ def kept_whole_because(graph, layer):
     """Why the channels `layer` (a Node) makes are not a group, in words."""
     if not layer.outputs or not isinstance(layer.layer, PRODUCERS):
         return "it makes no channels of its own"
-    whys = [graph._spaces.why[root] for root, _, _ in
-            graph._spaces.atoms(graph.segments[layer.outputs[0]])]
+    whys = [graph.spaces.why[root] for root, _, _ in
+            graph.spaces.atoms(graph.segments[layer.outputs[0]])]
     why = next((w for w in whys if w), None)
     if why in ("model input", "model output"):
         return f"its channels are tied to the {why}"
@@ -561,7 +539,7 @@ def kept_whole_because(graph, layer):
 
 def _sliced(node, graph, keep_roots):
     """(config changes, weights) of `node`'s layer once the groups keep `keep_roots`."""
-    spaces = graph._spaces
+    spaces = graph.spaces
     layer = node.layer
     weights = [np.asarray(w) for w in layer.get_weights()]
     i = spaces.kept(graph.segments[node.inputs[0]], keep_roots) if node.inputs else None
@@ -610,7 +588,7 @@ def remove(graph, keep):
     read them those inputs, per-channel weights those entries. A model
     with nested sub-models comes back flat (one functional model).
     """
-    keep_roots = graph._keep_by_root(check_keep(graph, keep))
+    keep_roots = graph.keep_by_root(check_keep(graph, keep))
     plans = {}
     for node in graph.nodes:
         if node.name not in plans:
@@ -666,8 +644,8 @@ def zero_removed(graph, keep):
     pruned model's where every layer between maps 0 to 0 (ReLU, GELU, swish,
     pooling, Add, Multiply, Concatenate): the independent check of `remove`.
     """
-    keep_roots = graph._keep_by_root(check_keep(graph, keep))
-    spaces = graph._spaces
+    keep_roots = graph.keep_by_root(check_keep(graph, keep))
+    spaces = graph.spaces
     first = {}
     for node in graph.nodes:
         first.setdefault(id(node.layer), node.name)
@@ -717,8 +695,8 @@ def flops(graph, keep_counts=None):
     `keep_counts[name]` channels (the first ones; the count is what matters),
     computed from the shapes alone."""
     keep = {name: np.arange(count) for name, count in (keep_counts or {}).items()}
-    keep_roots = graph._keep_by_root(keep)
-    spaces = graph._spaces
+    keep_roots = graph.keep_by_root(keep)
+    spaces = graph.spaces
     total = 0
     for node in graph.nodes:
         layer = node.layer
