@@ -249,7 +249,8 @@ class _Reader:
         """Outputs (tensor ids, nested like the layer's outputs) of one call."""
         if isinstance(layer, keras.Model):
             self.nested = True
-            return self.model(layer, _leaves(args), scope=layer.name)
+            outputs = self.model(layer, _leaves(args), scope=layer.name)
+            return outputs[0] if len(outputs) == 1 else outputs
         specs = keras.tree.map_structure(
             lambda t: keras.KerasTensor(self.shapes[t]) if isinstance(t, _Id) else t, args)
         try:

@@ -308,3 +308,19 @@ def test_batch_norm_scale_is_summed_over_every_batch_norm_of_a_group():
     np.testing.assert_allclose(scores["a"], [1.5, 2.5, 3.5])     # |gamma| summed, by hand
     lone = keras.Model(inputs, head(layers.Conv2D(2, 1, name="c")(inputs), "h2"))
     assert structured.bn_scales(lone, ["c"]) == {"c": None}
+
+
+def test_a_sequential_inside_a_sequential_is_opened_up():
+    """Part 1's trainer shape: augmentation layers in a nested Sequential."""
+    keras.utils.set_random_seed(10)
+    model = randomized(keras.Sequential([
+        keras.Input((8, 8, 3)), models.augmentation(),
+        layers.Conv2D(6, 3, activation="relu", name="c1"), layers.BatchNormalization(name="bn"),
+        layers.Conv2D(4, 3, name="c2"), layers.GlobalAveragePooling2D(), layers.Dense(3)]))
+    graph = channels.build(model)
+    assert graph.nested and list(graph.groups) == ["c1", "c2"]
+    smaller = channels.remove(graph, {"c1": [0, 2, 4]})
+    flat = keras.Sequential([keras.Input((8, 8, 3))] + model.layers[1:])  # same layers
+    x = images()
+    np.testing.assert_allclose(smaller.predict(x, verbose=0), zeroed(
+        flat, {"c1": [1, 3, 5], "bn": [1, 3, 5]}).predict(x, verbose=0), atol=1e-5)
