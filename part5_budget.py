@@ -294,8 +294,12 @@ def calibrate(s):
     configurations = [tuple(search.IDENTITY for _ in s.convs)] + [
         tuple(s.options[i] for i in rng.integers(len(s.options), size=len(s.convs)))
         for _ in range(s.run.settings["calibration_models"])]
-    flatbuffers = dict(zip((search.configurations_key(c) for c in configurations),
-                           s.flatbuffers([s.build(c) for c in configurations])))
+    flatbuffers = {}
+    progress = cli.Sweep(len(configurations), "whole model built and converted")
+    for configuration in configurations:
+        key = search.configurations_key(configuration)
+        flatbuffers[key] = s.flatbuffer(s.build(configuration))
+        progress.done(f"{key}: {len(flatbuffers[key]):,} bytes")
     print(f"timing {len(flatbuffers)} whole models end to end to fit the blocks' sum ...")
     seconds = deploy.time_per_image(flatbuffers, s.splits.validation[0][:TIMING["images"]],
                                     (1,), TIMING["repeats"], s.run.settings["seed"])
@@ -394,11 +398,13 @@ def measure_candidate(s, budget, configuration):
     from common import deploy, finetune, search
     from common.evaluation import accuracy
     key = f"{budget:g} {search.configurations_key(configuration)}"
+    print(f"  budget {budget:g}: {key.split(' ', 1)[1]}: built, fine-tuned one pass over "
+          f"{SCREEN_IMAGES:,} training images, converted and timed ...")
     model = s.build(configuration)
     if not s.unchanged(configuration):
         screen_train = tuple(part[:SCREEN_IMAGES] for part in s.splits.train)
         finetune.fine_tune(model, screen_train, None, epochs=1, teacher=s.reference,
-                           seed=s.run.settings["seed"], verbose=0, **{
+                           seed=s.run.settings["seed"], **{
                                k: v for k, v in s.run.settings["fine_tune"].items()
                                if k != "epochs"})
     flatbuffer = s.flatbuffer(model)
