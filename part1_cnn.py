@@ -22,7 +22,7 @@ import shutil
 # TensorFlow is imported inside the functions that need it, so that --help and
 # --plot-only answer at once.
 from common import cli, precision, runs
-from common.results import NUMBER, Map, Nullable, write_json
+from common.results import NUMBER, Map, Nullable, run_metadata, write_json
 
 # ---- configuration ---------------------------------------------------------
 # Every experiment uses Adam and categorical cross-entropy on [0, 1] pixels, as
@@ -339,8 +339,9 @@ def main(argv=None):
                 run.back_up()
             shutil.rmtree(os.path.join(run.paths["checkpoints"], f"part1_{name}-{run.label}"),
                           ignore_errors=True)
+            # this experiment's machine and versions (the run's may be older)
             fresh = {"config": config, "epochs": [], "complete": False,
-                     "meta": run.find()["meta"]}
+                     "meta": run_metadata(full.source)}
             run.update(lambda stored, name=name, fresh=fresh:
                        stored.setdefault("experiments", {}).update({name: fresh}))
         splits = held_out() if "validation" in config else full

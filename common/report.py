@@ -36,8 +36,9 @@ def part1_table(part1):
     rows = ["| experiment | epochs | test acc. epoch 10 | final test acc. | best "
             f"| minutes ({on}) | study |", "|---|---|---|---|---|---|---|"]
     for name, entry in part1["experiments"].items():
-        if name == "reference" or not entry.get("complete"):
-            continue
+        if name == "reference" or entry.get("config", {}).get("validation") or \
+                not entry.get("complete"):
+            continue   # held out and saved: see `held_out_table`
         epochs = entry["epochs"]
         at10 = next((e["test_accuracy"] for e in epochs if e["epoch"] == 10), None)
         rows.append(f"| `{name}` | {len(epochs)} | {_pct(at10)} | {_pct(entry['final_test_accuracy'])} "
@@ -55,18 +56,21 @@ def augment_trend(part1):
             f"{_pct(max(acc[-20:-10]))}.")
 
 
-def reference_table(info):
-    """The reference's accuracy (validation, then test plain and with TTA) and
-    its training time, on the machine it trained on."""
-    trained_on = info["machine"] if isinstance(info["machine"], str) else machine.label(
-        info["machine"])
+def held_out_table(infos):
+    """The models Part 1 trains with the validation split held out (the
+    reference, the CIFAR ResNets): accuracy (validation, then test plain and
+    with TTA) and training time on the machine each trained on.
+    infos : dict name -> its models/<name>.json"""
     rows = ["| | validation | test accuracy | with flip TTA | with flip + translate TTA "
             "(airbench's) | training time | data |", "|---|---|---|---|---|---|---|"]
-    rows.append(f"| reference (this suite) | {_pct(info.get('validation_accuracy'))} "
-                f"| {_pct(info['test_accuracy'])} | {_pct(info['test_accuracy_flip_tta'])} "
-                f"| {_pct(info['test_accuracy_flip_translate_tta'])} "
-                f"| {info['training_seconds'] / 60:.1f} min ({trained_on}) "
-                f"| {info['data_source'].split('(')[-1].rstrip(')')} |")
+    for name, info in infos.items():
+        trained_on = info["machine"] if isinstance(info["machine"], str) else machine.label(
+            info["machine"])
+        rows.append(f"| {name} (this suite) | {_pct(info.get('validation_accuracy'))} "
+                    f"| {_pct(info['test_accuracy'])} | {_pct(info['test_accuracy_flip_tta'])} "
+                    f"| {_pct(info['test_accuracy_flip_translate_tta'])} "
+                    f"| {info['training_seconds'] / 60:.1f} min ({trained_on}) "
+                    f"| {info['data_source'].split('(')[-1].rstrip(')')} |")
     rows.append("| the study's original model | | ~90% | | | | CIFAR-10 |")
     return "\n".join(rows)
 
@@ -326,7 +330,8 @@ def main(argv=None):
     parser.add_argument("--output-dir", metavar="DIR", default=REPO_ROOT,
                         help="folder holding results/ (default: the repository)")
     args = parser.parse_args(argv)
-    reference = os.path.join(args.output_dir, "models", "reference.json")
+    held_out = {name: os.path.join(args.output_dir, "models", f"{name}.json")
+                for name in ("reference", "resnet56", "resnet20")}
     tables = {"part1": lambda run: [part1_table(run)] + (
                   [augment_trend(run)] if run["experiments"].get("augment", {}).get("complete")
                   else []),
@@ -345,8 +350,10 @@ def main(argv=None):
             print(*([run_heading(path, run, runs)] if len(runs) > 1 else []),
                   *make(run), "", sep="\n")
             printed += 1
-        if part == "part1" and os.path.exists(reference):  # the model Parts 2 and 3 use
-            print(reference_table(read_json(reference)), "", sep="\n")
+        infos = {name: read_json(path) for name, path in held_out.items()
+                 if os.path.exists(path)}
+        if part == "part1" and infos:  # the models Parts 2-5 compress
+            print(held_out_table(infos), "", sep="\n")
     if not printed:
         raise ValueError(f"{args.output_dir}: no results/part*.json with runs to tabulate")
     return 0
