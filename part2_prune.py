@@ -284,9 +284,9 @@ def main(argv=None):
             plot_figures, results_dir=results_dir), SCHEMA)
     run, splits, model_path = runs.start(
         RESULTS_FILE, args, lambda digest, data_id: run_settings(args, digest, data_id), SCHEMA)
-    from common import measure, models, pruning, report as tables
+    from common import measure, pruning, report as tables
     from common.evaluation import accuracy_on
-    model = models.load_classifier(model_path)
+    model = run.model
     names = [layer.name for layer in pruning.prunable_layers(model)]
     unknown = sorted(set(args.layers or []) - set(names))
     if unknown:

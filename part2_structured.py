@@ -332,9 +332,9 @@ def main(argv=None):
     run, splits, model_path = runs.start(
         RESULTS_FILE, args, lambda digest, data_id: run_settings(args, digest, data_id), SCHEMA,
         check=lambda model, path: prunable(model, path, args.layers))
-    from common import models, report as tables, structured
+    from common import report as tables, structured
     from common.evaluation import accuracy_on
-    model = models.load_classifier(model_path)
+    model = run.model
     names = structured.prunable_convs(model)
     whole = structured.graph(model).whole
     print(f"{len(names)} groups of channels (--layers takes these names): {', '.join(names)}"

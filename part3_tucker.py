@@ -233,8 +233,8 @@ def main(argv=None):
     run, splits, model_path = runs.start(
         RESULTS_FILE, args, lambda digest, data_id: run_settings(args, digest, data_id), SCHEMA,
         check=lambda model, path: eligible(model, path, args.layer))
-    from common import evaluation, measure, models, report as tables
-    original = models.load_classifier(model_path)
+    from common import evaluation, measure, report as tables
+    original = run.model
     stored = run.find().get("reconstruction", {}).get("layer")
     if stored and args.layer in (None, stored):
         print(f"reconstruction error of {stored}: stored, reused")

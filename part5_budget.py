@@ -560,8 +560,8 @@ def main(argv=None):
     run, splits, model_path = runs.start(
         RESULTS_FILE, args, lambda digest, data_id: run_settings(args, digest, data_id), SCHEMA,
         check=searchable)
-    from common import models, report as tables
-    s = Search(run, splits, models.load_classifier(model_path))
+    from common import report as tables
+    s = Search(run, splits, run.model)
     precision = choose_precision(s)
     time_blocks(s)
     s.stored()

@@ -73,6 +73,7 @@ class Run:
         self.stored = self.store.find(settings) or {}
         self.label = settings_label(settings)
         self._backup = None
+        self.model = None        # the run's model, loaded once by `start`
         stored = self.store.runs()
         if stored and stored[0]["settings"] != settings:  # not the file's primary run
             self.paths["figures"] = figures_folder(self.paths["figures"], settings)
@@ -217,6 +218,7 @@ def start(results_file, args, settings, schema=None, model=True, validation=True
     model that fails. `settings(model_sha256, data_id)` -> the run's settings.
 
     Returns (run, splits, model_path); model_path is None without `model`.
+    The model as loaded and checked is `run.model` (None without one).
     """
     folder = args.output_dir or cli.REPO_ROOT  # a bad folder or results file fails first
     cli.output_paths(folder)
@@ -224,6 +226,7 @@ def start(results_file, args, settings, schema=None, model=True, validation=True
     model_path = cli.model_path(getattr(args, "model", None), args.output_dir) if model else None
     splits = load_for_run(args.data_dir, args.train_limit, validation)
     cli.load_backend()
+    loaded = None
     if model_path:   # a model that will not load fails here, before a folder is made
         from common.models import load_classifier
         loaded = load_classifier(model_path)
@@ -234,6 +237,7 @@ def start(results_file, args, settings, schema=None, model=True, validation=True
             **({"model": cli.shown_path(model_path)} if model_path else {})}
     run = Run(results_file, settings(digest, splits.data_id), args.output_dir, args.force,
               schema, meta)
+    run.model = loaded
     return run, splits, model_path
 
 
