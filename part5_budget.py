@@ -1,16 +1,18 @@
 """Part 5: what is the most accurate model that runs within a latency budget on
 this machine?
 
-Composes the suite's methods per conv layer: a share of its filters removed
-(Part 2's structured surgery), Tucker-2 on what remains (Part 3), and the
-whole model in int8 where int8 is faster here (Part 4), else float32. As
-NetAdapt does, latency is measured, not modelled: every conv's block is timed
-alone in LiteRT (batch 1, 1 thread, XNNPACK) at every width it can have, and
-a configuration's latency is predicted as the sum of its blocks', corrected
-by a line fitted to whole models timed end to end. Each choice's accuracy
-loss is measured alone on the validation split (batch norm re-estimated); a
-dynamic programme along the chain of convs finds the configurations that
-lose least within each budget; the best few are built, briefly fine-tuned and
+Composes the suite's methods per conv layer: a share of its group's channels
+removed (Part 2's structured surgery, through residual adds and
+concatenations), Tucker-2 on what remains (Part 3), and the whole model in
+int8 where int8 is faster here (Part 4), else float32. As NetAdapt does,
+latency is measured, not modelled: every conv's block is timed alone in
+LiteRT (batch 1, 1 thread, XNNPACK) at every width it can have, and a
+configuration's latency is predicted as the sum of its blocks', corrected by
+a line fitted to whole models timed end to end. Each choice's accuracy loss
+is measured alone on the validation split (batch norm re-estimated); a
+dynamic programme over the convs (common/search.py: exact for these sums, on
+any graph whose groups stay open a few convs at a time) finds the
+configurations that lose least within each budget; the best few are built, briefly fine-tuned and
 measured for real (validation accuracy in the deployed precision, end-to-end
 latency); the best that meets the budget is fine-tuned with the shared recipe,
 the reference as teacher. The test set is read once per final model, in the
@@ -20,6 +22,7 @@ report.
     python part5_budget.py                           # the front, budgets 0.5 ... 0.05 (~1.5 h)
     python part5_budget.py --latency-budget-ms 0.2   # a budget in ms per image
     python part5_budget.py --quick                   # a newcomer's try (~10 min)
+    python part5_budget.py --model M --keeps 1 0.75 0.5 --ranks none 0.5   # a smaller grid
     python part5_budget.py --plot-only               # redraw the figures
 
 A budget is a share of the reference's float32 LiteRT latency on this machine
@@ -42,10 +45,14 @@ from common.results import NUMBER, Map, Nullable
 # The front, as shares of the reference's float32 time. Where int8 pays (on
 # int8 dot-product CPUs int8 alone takes ~0.12), the budgets above cost nothing.
 BUDGETS = (0.5, 0.3, 0.2, 0.15, 0.1, 0.08, 0.06, 0.05)
-# Per conv: shares of its filters kept, and Tucker-2 ranks as shares of its
-# remaining channels (None: not decomposed).
+# Per group: shares of its channels kept; per conv: Tucker-2 ranks as shares
+# of its remaining channels (None: not decomposed). A conv's blocks to time
+# grow with keeps^2 x ranks where a group is read and made by others (ResNets).
 KEEPS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 RANKS = (None, 0.75, 0.5, 0.25)
+# The search's latency step: a budget's 1/400 (finer costs time, not accuracy:
+# the best few are built and measured).
+RESOLUTION_STEPS = 400
 # Training images for the activation criterion (which filters go: Part 2's
 # structured run found it best at large reductions) and for batch-norm
 # re-estimation of every model built.
@@ -61,6 +68,7 @@ CALIBRATION_MODELS = 8
 CANDIDATES = 3
 SCREEN_IMAGES = 10_000
 SCREEN_ROUNDS = 4
+SCREEN_TIMING_IMAGES = 100        # each candidate beside the float32 reference
 # Whole models at batch 1 on validation images, interleaved rounds.
 TIMING = {"images": 300, "repeats": 7, "threads": 1}
 CALIBRATION_IMAGES = 300          # int8's activation ranges, as Part 4
@@ -98,6 +106,12 @@ def parse_args(argv=None):
                         nargs="+", metavar="MS", help="budgets in ms per image instead")
     parser.add_argument("--fine-tune-epochs", type=cli.positive_int, metavar="N",
                         help="epochs of the final fine-tune (default: the shared recipe's 3)")
+    parser.add_argument("--keeps", type=cli.share("--keeps"), nargs="+", metavar="K",
+                        help="shares of each group's channels the search may keep, in (0, 1] "
+                             "(default: " + " ".join(f"{k:g}" for k in KEEPS) + ")")
+    parser.add_argument("--ranks", type=cli.share("--ranks", none=True), nargs="+",
+                        metavar="R", help="Tucker-2 ranks per conv as shares of its channels, "
+                                          "or none (default: none 0.75 0.5 0.25)")
     parser.add_argument("--quick", action="store_true",
                         help="a small search: keeps 1 and 0.5, ranks none and 0.5, budget "
                              "0.1, 10,000 training images, 1 epoch (~10 min)")
@@ -115,12 +129,17 @@ def run_settings(args, model_sha256, data_id):
     (budgets are rows: more of them extend the same run)."""
     from common import machine
     from common.finetune import fine_tune_recipe
-    space = QUICK if args.quick else {"keeps": list(KEEPS), "ranks": list(RANKS)}
+    grid = QUICK if args.quick else {"keeps": KEEPS, "ranks": RANKS}
+    keeps = sorted({1.0, *(args.keeps or grid["keeps"])}, reverse=True)
+    ranks = [None] + sorted({r for r in args.ranks or grid["ranks"] if r is not None},
+                            reverse=True)
     return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,
-            "seed": args.seed, "keeps": space["keeps"], "ranks": space["ranks"],
+            "seed": args.seed, "keeps": keeps, "ranks": ranks,
             "importance_images": IMPORTANCE_IMAGES, "block_timing": BLOCK_TIMING,
             "calibration_models": CALIBRATION_MODELS, "candidates": CANDIDATES,
-            "screen_images": SCREEN_IMAGES, "timing": TIMING,
+            "screen_images": SCREEN_IMAGES, "screen_rounds": SCREEN_ROUNDS,
+            "screen_timing_images": SCREEN_TIMING_IMAGES,
+            "resolution_steps": RESOLUTION_STEPS, "timing": TIMING,
             "calibration_images": CALIBRATION_IMAGES, "machine": machine.identity(),
             "fine_tune": fine_tune_recipe(args.fine_tune_epochs, args.batch_size,
                                           args.precision)}
@@ -128,17 +147,17 @@ def run_settings(args, model_sha256, data_id):
 
 class Search:
     """What every step of one search shares: the run, the data, the reference
-    (as trained and as deployed), its chain of convs and filter scores."""
+    (as trained and as deployed), its search space and channel scores."""
 
     def __init__(self, run, splits, reference):
         from common import search, structured
         from common.inference import fold_batchnorm
         self.run, self.splits, self.reference = run, splits, reference
         self.deployed = fold_batchnorm(reference)[0]
-        self.convs = search.chain(reference)
-        self.options = [(k, r) for k in run.settings["keeps"] for r in run.settings["ranks"]]
+        self.space = search.space(reference, run.settings["keeps"], run.settings["ranks"])
+        self.convs = [conv.name for conv in self.space.convs]
         self.scores = structured.activation_importance(
-            reference, self.convs, splits.train[0][:IMPORTANCE_IMAGES])
+            reference, list(self.space.sizes), splits.train[0][:IMPORTANCE_IMAGES])
         self.calibration = self._calibration_images()
         self._reference_float32 = None
 
@@ -173,55 +192,22 @@ class Search:
         from common.evaluation import recalibrate_batchnorm
         if self.unchanged(configuration):
             return self.reference
-        model = search.build(self.reference, configuration, self.scores)
+        model = search.build(self.reference, self.space, configuration, self.scores)
         recalibrate_batchnorm(model, self.splits.train[0][:IMPORTANCE_IMAGES])
         return model
 
     def unchanged(self, configuration):
         from common import search
-        return all(choice == search.IDENTITY for choice in configuration)
-
-    def widths(self, index, previous_keep, choice):
-        """(c, f, ranks) of conv `index` after a conv that kept `previous_keep`."""
-        from common import search
-        layer = self.reference.get_layer(self.convs[index])
-        c = layer.kernel.shape[2] if index == 0 else search.kept(
-            self.reference.get_layer(self.convs[index - 1]).filters, previous_keep)
-        f = search.kept(layer.filters, choice[0])
-        return c, f, search.ranks(c, f, choice[1])
+        return tuple(configuration) == search.identity(self.space)
 
     def stored(self):
         """The measured tables, read once after each step (the search asks for
-        them hundreds of thousands of times)."""
-        self._stored, self._seconds = self.run.find(), {}
-        return self._stored
-
-    def block_seconds(self, index, previous_keep, choice):
-        key = (index, previous_keep, choice)
-        if key not in self._seconds:
-            blocks = self._stored["blocks"][self.convs[index]]
-            self._seconds[key] = blocks[block_key(*self.widths(*key))]["median"]
-        return self._seconds[key]
-
-    def drop(self, index, choice):
-        """The accuracy a choice loses alone (measured; 0 for no change)."""
+        them hundreds of thousands of times), as `self.predict`."""
         from common import search
-        if choice == search.IDENTITY:
-            return 0.0
-        loss = self._stored["sensitivity"][self.convs[index]][search.configurations_key([choice])]
-        return max(0.0, loss)
-
-    def predicted_seconds(self, configuration):
-        """Sum of the blocks' latencies, through the fitted line."""
-        line = self._stored["calibration"]
-        keeps = [None] + [k for k, _ in configuration[:-1]]
-        total = sum(self.block_seconds(i, keeps[i], choice)
-                    for i, choice in enumerate(configuration))
-        return line["slope"] * total + line["intercept"]
-
-
-def block_key(c, f, rank_pair):
-    return f"{c}x{f}" + ("" if rank_pair is None else f" r{rank_pair[0]}x{rank_pair[1]}")
+        stored = self.run.find()
+        self.predict = search.Predictor(self.space, stored.get("blocks", {}),
+                                        stored.get("sensitivity", {}), stored.get("calibration"))
+        return stored
 
 
 def choose_precision(s):
@@ -243,37 +229,45 @@ def choose_precision(s):
 
 
 def time_blocks(s):
-    """Every conv's block at every input width and choice, in the search's
-    precision, all of one conv's timed together (stored a conv at a time)."""
+    """Every conv's block at every width it can have, in the search's
+    precision, all of one conv's timed together (stored a conv at a time); a
+    block the same as one timed already (same layers, input size and widths:
+    the convs of one ResNet stage) takes its timing."""
     import numpy as np
 
     from common import deploy, search
     done = s.run.find().get("blocks", {})
-    keeps = list(s.run.settings["keeps"])
     todo = [conv for conv in s.convs if conv not in done]
     progress = cli.Sweep(len(todo), "conv's blocks", skipped=len(s.convs) - len(todo))
     rng = np.random.default_rng(s.run.settings["seed"])
+    alike = {}   # (signature, block key) -> a timing of this run
     for index, conv in enumerate(s.convs):
+        signature = search.block_signature(s.deployed, conv)
+        for key, summary in s.run.find().get("blocks", {}).get(conv, {}).items():
+            alike[signature, key] = summary
         if conv not in todo:
             continue
-        widths = {s.widths(index, previous, choice) for previous in
-                  ([None] if index == 0 else keeps) for choice in s.options}
         height, width = s.reference.get_layer(conv).input.shape[1:3]
-        inputs, jobs = {}, []
-        for c, f, rank_pair in sorted(widths, key=lambda w: (w[0], w[1], w[2] or (0, 0))):
-            key = block_key(c, f, rank_pair)
+        timed, inputs, jobs = {}, {}, []
+        for c, f, rank_pair in search.block_widths(s.space, index):
+            key = search.block_key(c, f, rank_pair)
+            if (signature, key) in alike:
+                timed[key] = alike[signature, key]
+                continue
             inputs[key] = rng.normal(size=(BLOCK_TIMING["images"], height, width, c)).astype(
                 "float32")
             jobs.append((search.block(s.deployed, conv, c, f, rank_pair),
                          s.run.find()["precision"]["chosen"], inputs[key][:20], False))
-        flatbuffers = dict(zip(inputs, deploy.to_flatbuffers(jobs)))
-        seconds = deploy.time_per_image(flatbuffers, inputs, (1,), BLOCK_TIMING["repeats"],
-                                        s.run.settings["seed"])
-        timed = {key: summarize(seconds[key, 1]) for key in flatbuffers}
+        if jobs:
+            flatbuffers = dict(zip(inputs, deploy.to_flatbuffers(jobs)))
+            seconds = deploy.time_per_image(flatbuffers, inputs, (1,), BLOCK_TIMING["repeats"],
+                                            s.run.settings["seed"])
+            timed.update({key: summarize(seconds[key, 1]) for key in flatbuffers})
+        alike.update({(signature, key): summary for key, summary in timed.items()})
         s.run.update(lambda r: r.setdefault("blocks", {}).update({conv: timed}))
         medians = [t["median"] for t in timed.values()]
-        progress.done(f"{conv}: {len(timed)} blocks, {1e6 * min(medians):.0f} to "
-                      f"{1e6 * max(medians):.0f} µs")
+        progress.done(f"{conv}: {len(timed)} blocks ({len(jobs)} timed, the others as an "
+                      f"earlier conv's), {1e6 * min(medians):.0f} to {1e6 * max(medians):.0f} µs")
 
 
 def summarize(seconds):
@@ -291,8 +285,8 @@ def calibrate(s):
     if "calibration" in s.run.find():
         return s.run.find()["calibration"]
     rng = np.random.default_rng(s.run.settings["seed"])
-    configurations = [tuple(search.IDENTITY for _ in s.convs)] + [
-        tuple(s.options[i] for i in rng.integers(len(s.options), size=len(s.convs)))
+    configurations = [search.identity(s.space)] + [
+        search.random_configuration(s.space, rng)
         for _ in range(s.run.settings["calibration_models"])]
     flatbuffers = {}
     progress = cli.Sweep(len(configurations), "whole model built and converted")
@@ -306,10 +300,8 @@ def calibrate(s):
     points = []
     for configuration in configurations:
         key = search.configurations_key(configuration)
-        keeps = [None] + [k for k, _ in configuration[:-1]]
         points.append({"configuration": key, "measured": float(np.median(seconds[key, 1])),
-                       "predicted": sum(s.block_seconds(i, keeps[i], choice)
-                                        for i, choice in enumerate(configuration))})
+                       "predicted": s.predict.blocks_sum(configuration)})
     slope, intercept, r2 = search.fit_line([p["predicted"] for p in points],
                                            [p["measured"] for p in points])
     line = {"points": points, "slope": slope, "intercept": intercept, "r2": r2}
@@ -321,7 +313,8 @@ def calibrate(s):
 
 def sensitivity(s):
     """Each choice's accuracy loss alone: the reference with only that conv
-    changed, batch norm re-estimated, on the validation split (a conv at a time)."""
+    changed (and its group's other convs, which keep the same share), batch
+    norm re-estimated, on the validation split (a conv at a time)."""
     from common import search
     from common.evaluation import accuracy_on
     done = s.run.find().get("sensitivity", {})
@@ -332,13 +325,9 @@ def sensitivity(s):
         if conv not in todo:
             continue
         drops = {}
-        for choice in s.options:
-            if choice == search.IDENTITY:
-                continue
-            configuration = [search.IDENTITY] * len(s.convs)
-            configuration[index] = choice
+        for choice in search.measured_alone(s.space, index):
             drops[search.configurations_key([choice])] = base - accuracy_on(
-                s.build(configuration), s.splits.validation)
+                s.build(search.alone(s.space, index, choice)), s.splits.validation)
         s.run.update(lambda r: r.setdefault("sensitivity", {}).update({conv: drops}))
         progress.done(f"{conv}: validation points lost " + ", ".join(
             f"{k} {100 * v:.1f}" for k, v in drops.items()))
@@ -346,20 +335,9 @@ def sensitivity(s):
 
 def candidates(s, budget):
     """The configurations predicted to lose least within `budget` (a share of
-    the float32 reference's time), slowest first; the unchanged reference
-    first of all where it is predicted to fit (a choice measured no worse
-    than the reference counts as losing nothing, so the front drops the
-    reference for anything faster)."""
-    from common import search
+    the float32 reference's time), slowest first."""
     base = s.run.find()["precision"]["float32"]["median"]
-    front = search.best_configurations(s.block_seconds, s.drop, s.options, len(s.convs),
-                                       budget * base / 400)
-    feasible = [config for seconds, loss, config in front
-                if s.predicted_seconds(config) <= budget * base]
-    unchanged = tuple(search.IDENTITY for _ in s.convs)
-    first = [unchanged] if unchanged not in feasible and \
-        s.predicted_seconds(unchanged) <= budget * base else []
-    return first + list(reversed(feasible))
+    return s.predict.candidates(budget * base, s.run.settings["resolution_steps"])
 
 
 def screen(s, budget):
@@ -373,7 +351,7 @@ def screen(s, budget):
     from common import search
     stored = {row["key"]: row for row in s.run.find().get("candidates", [])}
     rows, factor = [], 1.0   # the rows considered: the best-predicted of each round
-    for _ in range(SCREEN_ROUNDS):
+    for _ in range(s.run.settings["screen_rounds"]):
         ranked = [c for c in candidates(s, budget / factor)
                   if f"{budget:g} {search.configurations_key(c)}" not in
                   {row["key"] for row in rows}]
@@ -385,9 +363,7 @@ def screen(s, budget):
             return max(feasible, key=lambda row: row["validation_accuracy"])
         if not ranked:
             break
-        # the measured were slower than predicted: aim lower by as much (the median)
-        factor = max(factor, float(sorted(r["ratio"] / r["predicted_ratio"]
-                                          for r in rows)[len(rows) // 2]))
+        factor = search.aim_lower(factor, rows)  # the measured were slower than predicted
     print(f"  budget {budget:g}: no configuration measured within it")
     return None
 
@@ -408,12 +384,13 @@ def measure_candidate(s, budget, configuration):
                                k: v for k, v in s.run.settings["fine_tune"].items()
                                if k != "epochs"})
     flatbuffer = s.flatbuffer(model)
-    latency = deploy.latency({"reference": s.reference_float32(), "candidate": flatbuffer}, s.splits.validation[0][:100],
+    latency = deploy.latency({"reference": s.reference_float32(), "candidate": flatbuffer},
+                             s.splits.validation[0][:s.run.settings["screen_timing_images"]],
                              "reference", (1,), TIMING["repeats"], s.run.settings["seed"],
                              progress=False)["1"]
     base = s.run.find()["precision"]["float32"]["median"]
     row = {"key": key, "budget": budget, "configuration": key.split(" ", 1)[1],
-           "predicted_ratio": s.predicted_seconds(configuration) / base,
+           "predicted_ratio": s.predict.seconds(configuration) / base,
            "ratio": latency["candidate"]["ratio"],
            "validation_accuracy": accuracy(deploy.predict(flatbuffer, s.splits.validation[0]),
                                            s.splits.validation[1])}
@@ -430,7 +407,7 @@ def finish(s, budget, chosen):
     is reused, its files checked."""
     import time
 
-    from common import deploy, evaluation, finetune
+    from common import deploy, evaluation, finetune, search
     from common.results import file_digest
     name = f"budget_{budget:g}"
     same = [r for r in s.run.find().get("front", [])
@@ -441,7 +418,7 @@ def finish(s, budget, chosen):
         s.run.upsert("front", "budget", {k: v for k, v in row.items() if k not in (
             "test_accuracy", "latency")})
         return
-    configuration = parse_configuration(chosen["configuration"])
+    configuration = search.parse_configuration(chosen["configuration"])
     model, seconds = s.build(configuration), None
     if s.unchanged(configuration):  # the reference itself, in the deployed precision
         saved = {"model": s.run.find().get("meta", {}).get("model", ""),
@@ -466,18 +443,11 @@ def finish(s, budget, chosen):
            "params": int(model.count_params()), "fine_tune_seconds": seconds,
            **saved, "tflite": cli.shown_path(path),
            "tflite_sha256": file_digest(path), **deploy.sizes(flatbuffer),
-           "layers": {conv: {"keep": k, "rank": r, "widths": list(s.widths(i, None if i == 0
-                             else configuration[i - 1][0], (k, r))[:2])}
-                      for i, (conv, (k, r)) in enumerate(zip(s.convs, configuration))}}
+           "layers": {conv: {"keep": k, "rank": r, "widths": list(w[:2])} for conv, (k, r), w
+                      in zip(s.convs, configuration, search.widths(s.space, configuration))}}
     s.run.upsert("front", "budget", row)
     print(f"budget {budget:g}: {row['configuration']}: validation "
           f"{row['validation_accuracy']:.4f} in LiteRT {row['precision']}")
-
-
-def parse_configuration(text):
-    """The inverse of `search.configurations_key`."""
-    return tuple((float(k), None if r == "none" else float(r))
-                 for k, r in (pair.split("/") for pair in text.split()))
 
 
 def tflite_problem(row):
@@ -537,18 +507,13 @@ def plot_figures(run, figures_dir, results_dir):
 
 
 def searchable(model, path):
-    """ValueError (one line, naming the file and the layer) for a model the
-    search cannot take: it composes choices along a chain of convs."""
-    from common import search, tucker
+    """ValueError (one line, naming the file) for a model the search cannot
+    take: one with no conv whose channels can be removed."""
+    from common import search
     try:
-        convs = search.chain(model)
+        search.space(model, KEEPS, RANKS)
     except ValueError as err:
         raise ValueError(f"{cli.shown_path(path)}: {err}") from None
-    odd = next((n for n in convs if not tucker.is_decomposable(model.get_layer(n))), None)
-    if odd:
-        raise ValueError(f"{cli.shown_path(path)}: layer {odd!r}: the search may Tucker-"
-                         "decompose every conv of its chain, which needs a Conv2D with a "
-                         "kernel larger than 1x1")
 
 
 def main(argv=None):

@@ -89,6 +89,23 @@ def positive_float(name):
     return parse
 
 
+def share(name, none=False):
+    """argparse type: a share in (0, 1], e.g. of a group's channels kept;
+    with `none`, "none" too (None)."""
+    def parse(text):
+        if none and text.lower() == "none":
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not 0 < value <= 1:
+            raise argparse.ArgumentTypeError(f"{name} must be a number in (0, 1]"
+                                             + (" or none" if none else "") + f", got {text!r}")
+        return value
+    return parse
+
+
 def open_fraction(name):
     """argparse type: a number strictly between 0 and 1, e.g. a share of FLOPs removed."""
     def parse(text):

@@ -60,14 +60,50 @@ def test_tucker_decomposes_the_convs_inside_residual_blocks(tiny_cifar, resnet_f
     assert "study" not in capsys.readouterr().out      # the study's rows: the reference's only
 
 
-@pytest.mark.parametrize("script, options, message", [
-    ("part3_tucker", ["--k", "4"], "no conv to decompose"),
-    ("part5_budget", ["--latency-budget", "0.3"], "layer 'pw': the search may Tucker-"),
+def channels_whole(path):
+    """A model whose only conv's channels are normalized together: none can go."""
+    inputs = keras.Input((32, 32, 3))
+    x = layers.LayerNormalization()(layers.Conv2D(8, 3, strides=2, name="stem")(inputs))
+    x = layers.Dense(10, activation="softmax")(layers.GlobalAveragePooling2D()(x))
+    keras.Model(inputs, x).save(path)
+    return path
+
+
+def test_the_latency_search_composes_removal_and_tucker_through_residual_adds(
+        tiny_cifar, resnet_file, tmp_path, monkeypatch):
+    import part5_budget
+    from common import deploy
+
+    def bytes_as_seconds(flatbuffers, images, threads=(1, 2), repeats=7, seed=0,
+                         progress=False):
+        """LiteRT time stood in for by size (a tiny model's microseconds are noise)."""
+        return {(name, t): [1e-9 * len(fb)] * repeats for name, fb in flatbuffers.items()
+                for t in threads}
+    monkeypatch.setattr(deploy, "time_per_image", bytes_as_seconds)
+    monkeypatch.setattr(part5_budget, "CALIBRATION_MODELS", 2)
+    argv = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--model", resnet_file,
+            "--quick", "--latency-budget", "0.8", "--batch-size", "30", "--precision", "float32"]
+    assert cli.run_main(part5_budget.main, argv) == 0
+    run = stored_run(str(tmp_path), "part5_budget")
+    (row,) = run["front"]
+    assert row["screened_ratio"] <= 0.8
+    layers_ = row["layers"]
+    # the stage's sum keeps one width at every conv that writes to it
+    assert layers_["stage1_block1_conv2"]["keep"] == layers_["stem_conv"]["keep"]
+    assert layers_["stage1_block1_conv1"]["widths"][0] == layers_["stem_conv"]["widths"][1]
+    # stage 2's and 3's blocks differ in size; a block is timed once per kind
+    assert run["blocks"]["stage1_block1_conv1"].keys() >= {"4x4", "2x2", "4x2 r2x1"}
+
+
+@pytest.mark.parametrize("script, make, options, message", [
+    ("part3_tucker", depthwise_only, ["--k", "4"], "no conv to decompose"),
+    ("part5_budget", channels_whole, ["--latency-budget", "0.3"],
+     "no conv whose filters can be removed: nothing to search"),
 ])
 def test_a_model_a_part_cannot_take_exits_2_writing_nothing(
-        script, options, message, tiny_cifar, tmp_path, capsys):
+        script, make, options, message, tiny_cifar, tmp_path, capsys):
     import importlib
-    model = depthwise_only(str(tmp_path / "mobile.keras"))
+    model = make(str(tmp_path / "model.keras"))
     out = tmp_path / "out"
     argv = ["--data-dir", tiny_cifar[0], "--output-dir", str(out), "--model", model, *options]
     assert cli.run_main(importlib.import_module(script).main, argv) == 2
