@@ -11,6 +11,7 @@ its model to models/part1_<name>.keras and the figures to figures/.
     python part1_cnn.py --experiments baseline --epochs 2 --train-limit 2000
     python part1_cnn.py --plot-only              # redraw figures from the JSON
     python part1_cnn.py --experiments reference  # the ~90% model of Parts 2 and 3 (~30 min)
+    python part1_cnn.py --experiments resnet56 --architecture M.keras --epochs 74  # Scratch-B
 
 An interrupted run resumes from its last finished epoch when started again;
 finished experiments are skipped unless --force.
@@ -114,7 +115,28 @@ def parse_args(argv=None):
                         choices=list(EXPERIMENTS), default=DEFAULT_EXPERIMENTS,
                         help=f"which to run: {', '.join(EXPERIMENTS)} "
                              f"(default: {' '.join(DEFAULT_EXPERIMENTS)})")
-    return parser.parse_args(argv)
+    parser.add_argument("--architecture", metavar="PATH",
+                        help="train this model's architecture from fresh weights with a resnet "
+                             "experiment's recipe (e.g. a pruned ResNet-56: Liu et al. 2019's "
+                             "Scratch-B control); saved as models/scratch-<file name>.keras")
+    args = parser.parse_args(argv)
+    if args.architecture:
+        if any(EXPERIMENTS[name]["model"] != "resnet" for name in args.experiments):
+            parser.error("--architecture takes a resnet experiment's recipe: --experiments "
+                         "resnet56 or resnet20")
+        if len(args.experiments) != 1:
+            parser.error("--architecture: give one experiment")
+        if not os.path.isfile(args.architecture):
+            parser.error(f"--architecture {args.architecture}: no such file")
+    return args
+
+
+def experiment_name(name, args):
+    """The experiment's name in results and model files: a scratch run is
+    named after its architecture's file."""
+    if not args.architecture:
+        return name
+    return "scratch-" + os.path.splitext(os.path.basename(args.architecture))[0]
 
 
 def experiment_config(name, args, validation=None):
@@ -129,6 +151,10 @@ def experiment_config(name, args, validation=None):
                   train_limit=args.train_limit, seed=args.seed)
     if "precision" in config:  # recorded as the policy it resolves to on this machine
         config["precision"] = precision.resolve(args.precision)
+    if args.architecture:
+        from common.results import file_digest
+        config.update(architecture=cli.shown_path(args.architecture),
+                      architecture_sha256=file_digest(args.architecture))
     config.setdefault("optimizer", "adam")
     config.setdefault("loss", "categorical_crossentropy")
     return config
@@ -185,7 +211,12 @@ def build_resnet(config, train_size):
 
     from common import models
     from common.training import one_cycle
-    classifier = models.cifar_resnet(config["depth"], weight_decay=config["l2"])
+    if config.get("architecture"):   # Scratch-B: a given architecture, fresh weights
+        classifier = models.reinitialized(
+            models.load_classifier(runs.resolve(config["architecture"])),
+            keras.mixed_precision.global_policy().name, config["l2"])
+    else:
+        classifier = models.cifar_resnet(config["depth"], weight_decay=config["l2"])
     trainer = keras.Sequential([
         keras.Input(classifier.input_shape[1:]),
         models.augmentation(config["max_shift"], seed=config["seed"], dtype="float32"),
@@ -206,6 +237,10 @@ def export_classifier(classifier, config):
     from common import models
     if config["model"] == "reference":
         return models.export_reference(classifier, config["widths"])
+    if config.get("architecture"):
+        model = models.reinitialized(classifier, "float32")
+        model.set_weights(classifier.get_weights())
+        return model
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
@@ -306,7 +341,8 @@ def planned(run, args, held_out):
     (which starts it again; the run's file is backed up first)."""
     split = {key: held_out().data_id[key] for key in ("validation", "validation_sha256")} \
         if any(EXPERIMENTS[name].get("validation") for name in args.experiments) else None
-    configs = {name: experiment_config(name, args, split) for name in args.experiments}
+    configs = {experiment_name(name, args): experiment_config(name, args, split)
+               for name in args.experiments}
     stored = run.find().get("experiments", {})
     changed = [n for n in configs if n in stored and stored[n]["config"] != configs[n]]
     if changed and not args.force:

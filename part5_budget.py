@@ -266,8 +266,9 @@ def time_blocks(s):
         alike.update({(signature, key): summary for key, summary in timed.items()})
         s.run.update(lambda r: r.setdefault("blocks", {}).update({conv: timed}))
         medians = [t["median"] for t in timed.values()]
-        progress.done(f"{conv}: {len(timed)} blocks ({len(jobs)} timed, the others as an "
-                      f"earlier conv's), {1e6 * min(medians):.0f} to {1e6 * max(medians):.0f} µs")
+        progress.done(f"{conv}: {len(timed)} blocks ({len(timed) - len(jobs)} timed at a conv "
+                      f"of the same kind), {1e6 * min(medians):.0f} to "
+                      f"{1e6 * max(medians):.0f} µs")
 
 
 def summarize(seconds):
@@ -293,7 +294,7 @@ def calibrate(s):
     for configuration in configurations:
         key = search.configurations_key(configuration)
         flatbuffers[key] = s.flatbuffer(s.build(configuration))
-        progress.done(f"{key}: {len(flatbuffers[key]):,} bytes")
+        progress.done(f"{shown(key)}: {len(flatbuffers[key]):,} bytes")
     print(f"timing {len(flatbuffers)} whole models end to end to fit the blocks' sum ...")
     seconds = deploy.time_per_image(flatbuffers, s.splits.validation[0][:TIMING["images"]],
                                     (1,), TIMING["repeats"], s.run.settings["seed"])
@@ -374,7 +375,7 @@ def measure_candidate(s, budget, configuration):
     from common import deploy, finetune, search
     from common.evaluation import accuracy
     key = f"{budget:g} {search.configurations_key(configuration)}"
-    print(f"  budget {budget:g}: {key.split(' ', 1)[1]}: built, fine-tuned one pass over "
+    print(f"  budget {budget:g}: {shown(key.split(' ', 1)[1])}: built, fine-tuned one pass over "
           f"{SCREEN_IMAGES:,} training images, converted and timed ...")
     model = s.build(configuration)
     if not s.unchanged(configuration):
@@ -395,7 +396,7 @@ def measure_candidate(s, budget, configuration):
            "validation_accuracy": accuracy(deploy.predict(flatbuffer, s.splits.validation[0]),
                                            s.splits.validation[1])}
     s.run.upsert("candidates", "key", row)
-    print(f"  budget {budget:g}: {row['configuration']}: predicted x{row['predicted_ratio']:.3f}, "
+    print(f"  budget {budget:g}: {shown(row['configuration'])}: predicted x{row['predicted_ratio']:.3f}, "
           f"measured x{row['ratio']:.3f}, validation {row['validation_accuracy']:.4f}")
     return row
 
@@ -446,8 +447,18 @@ def finish(s, budget, chosen):
            "layers": {conv: {"keep": k, "rank": r, "widths": list(w[:2])} for conv, (k, r), w
                       in zip(s.convs, configuration, search.widths(s.space, configuration))}}
     s.run.upsert("front", "budget", row)
-    print(f"budget {budget:g}: {row['configuration']}: validation "
+    print(f"budget {budget:g}: {shown(row['configuration'])}: validation "
           f"{row['validation_accuracy']:.4f} in LiteRT {row['precision']}")
+
+
+def shown(configuration):
+    """A configuration as printed: whole for a few convs, else counted."""
+    from common import search
+    if len(configuration) <= 72:
+        return configuration
+    choices = search.parse_configuration(configuration)
+    return (f"{len(choices)} convs, {sum(k < 1 for k, _ in choices)} narrowed, "
+            f"{sum(r is not None for _, r in choices)} decomposed")
 
 
 def tflite_problem(row):
@@ -542,7 +553,7 @@ def main(argv=None):
         done = next((r for r in run.find().get("front", []) if r["budget"] == budget), None)
         if done and runs.model_problem(done) is None and tflite_problem(done) is None \
                 and not run.force:
-            print(f"  done: {done['configuration']}, reusing {done['tflite']}")
+            print(f"  done: {shown(done['configuration'])}, reusing {done['tflite']}")
             continue
         chosen = screen(s, budget)
         if chosen:

@@ -380,3 +380,20 @@ def with_precision(model, policy, name_prefix=""):
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def reinitialized(model, policy=None, weight_decay=0.0):
+    """`model`'s architecture with fresh weights (each layer's own
+    initializer, seeded by `keras.utils.set_random_seed`), an L2 factor
+    `weight_decay` on every kernel that takes a regularizer (0: none), and
+    computing in `policy` as `with_precision` does (None: as saved). For
+    training a pruned architecture from scratch (Liu et al. 2019's Scratch-B)."""
+    regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
+
+    def clone(layer):
+        config = layer.get_config()
+        if "kernel_regularizer" in config:
+            config["kernel_regularizer"] = regularizer
+        return layer.__class__.from_config(config)
+    fresh = keras.models.clone_model(model, clone_function=clone)
+    return with_precision(fresh, policy) if policy else fresh

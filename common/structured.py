@@ -156,13 +156,20 @@ def activation_importance(model, names, images, batch_size=250):
                if role == "in" and type(channels.node(g, member).layer) in
                (layers.Conv2D, layers.Dense, layers.Conv1D)]
     taps = channels.taps(g, [channels.node(g, member).inputs[0] for member, _ in readers])
-    activations = taps.predict(images, batch_size=batch_size, verbose=0)
-    if len(readers) == 1:
-        activations = [activations]
+    # mean |activation| per channel, summed a batch at a time (all of a
+    # ResNet-56's taps of 2,000 images at once would take ~4 GB)
+    sums = [0.0] * len(readers)
+    counts = [0] * len(readers)
+    for start in range(0, len(images), batch_size):
+        values = taps.predict_on_batch(images[start:start + batch_size])
+        for i, v in enumerate([values] if len(readers) == 1 else values):
+            v = np.abs(np.asarray(v)).reshape(-1, v.shape[-1])
+            sums[i] = sums[i] + v.sum(axis=0, dtype=np.float64)
+            counts[i] += len(v)
     scores = {name: np.zeros(g.groups[name].size) for name in names}
-    for (member, name), values in zip(readers, activations):
+    for (member, name), total, count in zip(readers, sums, counts):
         kernel = _numpy(channels.node(g, member).layer.kernel)
-        mean = np.abs(values).reshape(-1, values.shape[-1]).mean(axis=0)      # (channels,)
+        mean = total / count                                                  # (channels,)
         reads = kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1]).sum(axis=(0, 2))
         where = channels.positions(g, member, name)                           # (k, size, r)
         scores[name] = scores[name] + (mean[where] * reads[where]).sum(axis=(0, 2))

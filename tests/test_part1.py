@@ -4,6 +4,7 @@ import json
 import os
 
 import keras
+import numpy as np
 import pytest
 
 import part1_cnn
@@ -69,6 +70,43 @@ def test_a_cifar_resnet_trains_held_out_and_saves_a_float32_classifier(
     saved = keras.saving.load_model(tmp_path / "models" / "resnet20.keras", safe_mode=True)
     assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
     assert saved.count_params() == 274_042 and all(not layer.losses for layer in saved.layers)
+
+
+def test_scratch_b_trains_a_pruned_architecture_from_fresh_weights(
+        tiny_cifar, tmp_path, sealed_test_set):
+    """--architecture: a ResNet-8 with channels removed, trained from scratch
+    with the resnet recipe; saved float32 with the pruned widths, new weights."""
+    from common import models, structured
+    sealed_test_set(part1_cnn, "save_reference")
+    keras.utils.set_random_seed(0)
+    resnet = models.cifar_resnet(8, widths=(4, 8, 8))
+    names = structured.prunable_convs(resnet)
+    pruned = structured.remove_filters(resnet, structured.keep_indices(
+        structured.l1_norms(resnet, names), {"stem_conv": 2, "stage2_block1_conv1": 3}))
+    path = str(tmp_path / "pruned_8.keras")
+    pruned.save(path)
+    assert run(["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--epochs", "1",
+                "--experiments", "resnet20", "--architecture", path, "--precision",
+                "mixed_bfloat16", "--batch-size", "30"]) == 0
+    entry = stored_run(tmp_path, "part1")["experiments"]["scratch-pruned_8"]
+    assert entry["complete"] and entry["config"]["architecture_sha256"]
+    keras.mixed_precision.set_global_policy("float32")
+    saved = keras.saving.load_model(tmp_path / "models" / "scratch-pruned_8.keras")
+    assert [w.shape for w in saved.weights] == [w.shape for w in pruned.weights]
+    assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
+    assert all(not layer.losses for layer in saved.layers)          # no L2 left
+    kernel = saved.get_layer("stage1_block1_conv1").kernel.numpy()
+    assert kernel.shape[2] == 2 and not np.allclose(
+        kernel, pruned.get_layer("stage1_block1_conv1").kernel.numpy())
+
+
+def test_a_scratch_model_carries_the_recipe_s_weight_decay():
+    from common import models
+    model = models.reinitialized(models.cifar_resnet(8, widths=(4, 8, 8)), "float32", 1e-3)
+    model(np.zeros((1, 32, 32, 3), "float32"))
+    kernels = [layer.kernel for layer in model.layers if hasattr(layer, "kernel")]
+    expected = sum(1e-3 * float(np.sum(np.square(k.numpy()))) for k in kernels)
+    assert float(sum(model.losses)) == pytest.approx(expected, rel=1e-4)
 
 
 @pytest.mark.parametrize("option, expected", [("float32", "float32"),
@@ -170,6 +208,8 @@ def test_plot_only_without_results_exits_2(tmp_path, capsys):
     (["--train-limit", "100000"], "'100000': CIFAR-10 has 50,000 training images"),
     (["--seed", "-1"], "must be at least 0"),
     (["--experiments", "resnet"], "invalid choice"),
+    (["--experiments", "baseline", "--architecture", "README.md"], "a resnet experiment's"),
+    (["--experiments", "resnet20", "--architecture", "nowhere.keras"], "no such file"),
     (["--precision", "float16"], "invalid choice"),
 ])
 def test_bad_cli_values_exit_2_with_one_line(argv, message, capsys):

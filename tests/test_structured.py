@@ -167,7 +167,8 @@ def test_l1_norms_and_keep_indices_by_hand():
     assert structured.keep_indices({"c": norms}, {"c": 2})["c"].tolist() == [0, 1]
 
 
-def test_activation_importance_is_mean_activation_times_weights_read():
+@pytest.mark.parametrize("batch_size", [250, 3])     # one batch; batches of 3, 3, 3, 1
+def test_activation_importance_is_mean_activation_times_weights_read(batch_size):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((4, 4, 1))
     x = layers.Conv2D(2, 1, use_bias=False, activation="relu", name="c")(inputs)
@@ -176,7 +177,7 @@ def test_activation_importance_is_mean_activation_times_weights_read():
     model.get_layer("c").set_weights([np.array([[[[1.0, -2.0]]]], "float32")])
     model.get_layer("d").set_weights([np.array([[3.0], [5.0]], "float32")])
     x = np.random.default_rng(0).normal(size=(10, 4, 4, 1)).astype("float32")
-    scores = structured.activation_importance(model, ["c"], x)["c"]
+    scores = structured.activation_importance(model, ["c"], x, batch_size)["c"]
     pooled = np.stack([np.maximum(x, 0), np.maximum(-2 * x, 0)], -1)[..., 0, :].mean(axis=(1, 2))
     np.testing.assert_allclose(scores, np.abs(pooled).mean(0) * [3, 5], rtol=1e-5)
 
