@@ -38,26 +38,32 @@ from common import cli, runs
 from common.results import NUMBER, Map, runs_alike
 
 # ---- configuration ---------------------------------------------------------
-# The study's rates, plus 95% and 99% where deep layers finally break.
-RATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
-# Overall sparsities for global vs uniform pruning.
-SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
-# Batch-norm re-estimation after pruning: pruning shifts the statistics of
-# every layer's output, and 10,000 training images (~10 s) re-measure them.
-RECALIBRATION_IMAGES = 10_000
-# Training-free repair, measured beside fine-tuning: the kept weights of each
-# pruned layer refitted by least squares to reproduce the dense layer's output
-# (pruning.refit_kept_weights) on 2,000 training images: at least 18,000 rows
-# (block3_conv2 sees 3x3 maps) for at most 2,304 inputs per filter (3x3x256).
-REFIT_IMAGES = 2_000
-# Fine-tuning (~6 min per sparsity on 2 cores): 50-95%, and 85% between the
-# knee of the global curve (80%) and the target (90%).
-FINE_TUNE_SPARSITIES = (0.5, 0.8, 0.85, 0.9, 0.95)
-# Gradual pruning inside the fine-tuning (pruning.GradualPruning): from twice
-# the final share of weights (90% sparse starts at 80%) to the final masks
-# over the first half epoch, re-chosen every 5 steps; checked against pruning
-# in one shot on the validation split (results/probes.json "fine_tune_recipe").
-GRADUAL = {"start_kept_factor": 2, "ramp_epochs": 0.5, "mask_every": 5}
+# Everything that changes this part's numbers, in the run's key
+# (`run_settings`) but the sparsities fine-tuned at (each is a row).
+CONFIG = {
+    # The study's rates (--rates), plus 95% and 99% where deep layers finally break.
+    "rates": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99],
+    # Overall sparsities for global vs uniform pruning (--sparsities).
+    "sparsities": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98],
+    # Batch-norm re-estimation after pruning: pruning shifts the statistics of
+    # every layer's output, and 10,000 training images (~10 s) re-measure them.
+    "recalibration_images": 10_000,
+    # Training-free repair, measured beside fine-tuning: the kept weights of
+    # each pruned layer refitted by least squares to reproduce the dense
+    # layer's output (pruning.refit_kept_weights) on 2,000 training images: at
+    # least 18,000 rows (block3_conv2 sees 3x3 maps) for at most 2,304 inputs
+    # per filter (3x3x256).
+    "refit_images": 2_000,
+    # Fine-tuning (~6 min per sparsity on 2 cores): 50-95%, and 85% between the
+    # knee of the global curve (80%) and the target (90%).
+    "fine_tune_sparsities": [0.5, 0.8, 0.85, 0.9, 0.95],
+    # Gradual pruning inside the fine-tuning (pruning.GradualPruning): from
+    # twice the final share of weights (90% sparse starts at 80%) to the final
+    # masks over the first half epoch, re-chosen every 5 steps; checked against
+    # pruning in one shot on the validation split (results/probes.json
+    # "fine_tune_recipe").
+    "gradual": {"start_kept_factor": 2, "ramp_epochs": 0.5, "mask_every": 5},
+}
 RESULTS_FILE = "part2.json"
 SIZES = {"keras_bytes": int, "gzip_bytes": int, "sparse_bytes": int}
 SCHEMA = {
@@ -83,17 +89,17 @@ def parse_args(argv=None):
                              epochs=False)
     parser.add_argument("--model", metavar="PATH", help=cli.MODEL_HELP.format("prune"))
     parser.add_argument("--rates", type=cli.unit_fraction("rate"), nargs="+", metavar="RATE",
-                        default=list(RATES), help="prune rates for the per-layer "
+                        default=CONFIG["rates"], help="prune rates for the per-layer "
                         "sensitivity, each in [0, 1) (default: 0, 0.1, ..., 0.9, 0.95, 0.99)")
     parser.add_argument("--sparsities", type=cli.unit_fraction("sparsity"), nargs="+",
-                        metavar="S", default=list(SPARSITIES),
+                        metavar="S", default=CONFIG["sparsities"],
                         help="overall sparsities of the global vs uniform sweeps "
                              "(default: 0.1, ..., 0.9, 0.95, 0.98; ~20 s each)")
     parser.add_argument("--layers", nargs="+", metavar="NAME",
                         help="layers for the per-layer sensitivity (default: every "
                              "Conv2D and Dense layer)")
     parser.add_argument("--fine-tune-sparsities", type=cli.open_fraction("sparsity"),
-                        nargs="+", metavar="S", default=list(FINE_TUNE_SPARSITIES),
+                        nargs="+", metavar="S", default=CONFIG["fine_tune_sparsities"],
                         help="sparsities to fine-tune at, each in (0, 1) (default: 0.5, "
                              "0.8, 0.85, 0.9, 0.95; ~6 min each)")
     parser.add_argument("--fine-tune-epochs", "--epochs", type=cli.non_negative_int,
@@ -117,7 +123,10 @@ def run_settings(args, model_sha256, data_id):
     recipe = fine_tune_recipe(args.fine_tune_epochs, args.batch_size, args.precision)
     return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,
             "seed": args.seed, "rates": list(args.rates), "sparsities": list(args.sparsities),
-            "fine_tune": {**recipe, "gradual": GRADUAL} if args.fine_tune_epochs else None}
+            "recalibration_images": CONFIG["recalibration_images"],
+            "refit_images": CONFIG["refit_images"],
+            "fine_tune": {**recipe, "gradual": CONFIG["gradual"]} if args.fine_tune_epochs
+            else None}
 
 
 def layer_sensitivity(run, model, names, rates, validation):
@@ -170,6 +179,7 @@ def sparsity_curve(run, model, kind, splits):
     sparsity at a time; a curve of the same sparsities resumes after its last."""
     from common import pruning
     sparsities = run.settings["sparsities"]
+    recalibration = run.settings["recalibration_images"]
     columns = ("validation_accuracy", "validation_accuracy_recalibrated", "nonzero_params")
     curve = run.find().get(kind) or {"sparsity": sparsities, **{c: [] for c in columns}}
     todo = sparsities[len(curve["validation_accuracy_recalibrated"]):]
@@ -178,7 +188,7 @@ def sparsity_curve(run, model, kind, splits):
         masks = masks_at(model, kind, s)
         pruned, nonzero = pruning.pruned_accuracy(model, masks, splits.validation)
         recalibrated, _ = pruning.pruned_accuracy(model, masks, splits.validation,
-                                                  splits.train[0][:RECALIBRATION_IMAGES])
+                                                  splits.train[0][:recalibration])
         for column, value in zip(columns, (pruned, recalibrated, nonzero)):
             curve[column].append(value)
         run.update(lambda r: r.update({kind: curve}))
@@ -197,13 +207,14 @@ def fine_tune_at(run, model_path, sparsity, splits):
     masks = masks_at(model, "global", sparsity)
     pruning.apply_masks(model, masks)
     pruned = evaluation.accuracy_on(model, splits.validation)
-    evaluation.recalibrate_batchnorm(model, splits.train[0][:RECALIBRATION_IMAGES])
+    recalibration = run.settings["recalibration_images"]
+    evaluation.recalibrate_batchnorm(model, splits.train[0][:recalibration])
     recalibrated = evaluation.accuracy_on(model, splits.validation)
     refitted = accuracy_after(
         model, splits.validation,
         lambda m: pruning.refit_kept_weights(m, masks, dense_kernels,
-                                             splits.train[0][:REFIT_IMAGES]),
-        lambda m: evaluation.recalibrate_batchnorm(m, splits.train[0][:RECALIBRATION_IMAGES]))
+                                             splits.train[0][:run.settings["refit_images"]]),
+        lambda m: evaluation.recalibrate_batchnorm(m, splits.train[0][:recalibration]))
     model.set_weights(dense_weights)
     recipe = {k: v for k, v in run.settings["fine_tune"].items() if k != "gradual"}
     name = f"pruned_{sparsity_name(sparsity)}"

@@ -38,24 +38,30 @@ from common import cli, machine, runs
 from common.results import NUMBER, Map
 
 # ---- configuration ---------------------------------------------------------
-# Shares of the FLOPs removed: 50% already runs in about half the time; 75%
-# is where accuracy starts to fall fast.
-FLOPS_REDUCTIONS = (0.5, 0.55, 0.65, 0.75)
-# "bn_scale" too where every group passes a batch norm with a learned scale
-# (Network Slimming's |gamma|); the reference's batch norms have none.
-CRITERIA = ("l1", "activation")
-ALLOCATIONS = ("uniform", "global", "sensitivity")
-# The per-layer sweep: that layer alone keeps these shares of its filters
-# (batch norm re-estimated); shares in between are interpolated.
-SENSITIVITY_SHARES = (0.75, 0.5, 0.25)
-# Training images for the activation criterion (every channel is seen at >= 9
-# positions per image in the last block's 3x3 maps) and for batch-norm
-# re-estimation of each pruned candidate (~2 s each).
-IMPORTANCE_IMAGES = 2_000
-KERAS_TIMING = {"runtime": "keras", "batch_size": 256, "repeats": 7, "batch_norm_folded": True}
-# LiteRT at batch 1, as Part 4 times, on the first 300 validation images.
-LITERT_TIMING = {"runtime": "litert float32", "batch_size": 1, "threads": 1, "repeats": 7,
-                 "images": 300, "batch_norm_folded": True}
+# Everything that changes this part's numbers, in the run's key
+# (`run_settings`; the timings' parameters key each timing instead).
+CONFIG = {
+    # Shares of the FLOPs removed (--flops-reductions): 50% already runs in
+    # about half the time; 75% is where accuracy starts to fall fast.
+    "flops_reductions": [0.5, 0.55, 0.65, 0.75],
+    # Which filters go; "bn_scale" (Network Slimming's |gamma|) only where
+    # every group passes a batch norm with a learned scale (the reference's
+    # batch norms have none).
+    "criteria": ["l1", "activation", "bn_scale"],
+    "allocations": ["uniform", "global", "sensitivity"],
+    # The per-layer sweep: that layer alone keeps these shares of its filters
+    # (batch norm re-estimated); shares in between are interpolated.
+    "sensitivity_shares": [0.75, 0.5, 0.25],
+    # Training images for the activation criterion (every channel is seen at
+    # >= 9 positions per image in the last block's 3x3 maps) and for batch-norm
+    # re-estimation of each pruned candidate (~2 s each).
+    "importance_images": 2_000,
+    "keras_timing": {"runtime": "keras", "batch_size": 256, "repeats": 7,
+                     "batch_norm_folded": True},
+    # LiteRT at batch 1, as Part 4 times, on the first 300 validation images.
+    "litert_timing": {"runtime": "litert float32", "batch_size": 1, "threads": 1,
+                      "repeats": 7, "images": 300, "batch_norm_folded": True},
+}
 RESULTS_FILE = "part2_structured.json"
 SUMMARY = {"median": NUMBER, "min": NUMBER, "max": NUMBER, "ratio": NUMBER}
 CANDIDATE = {"key": str, "flops_reduction": NUMBER, "criterion": str, "allocation": str,
@@ -83,7 +89,7 @@ def parse_args(argv=None):
                              epochs=False)
     parser.add_argument("--model", metavar="PATH", help=cli.MODEL_HELP.format("prune"))
     parser.add_argument("--flops-reductions", type=cli.open_fraction("FLOPs reduction"),
-                        nargs="+", metavar="R", default=list(FLOPS_REDUCTIONS),
+                        nargs="+", metavar="R", default=CONFIG["flops_reductions"],
                         help="shares of the FLOPs to remove, each in (0, 1) "
                              "(default: 0.5 0.55 0.65 0.75)")
     parser.add_argument("--layers", nargs="+", metavar="NAME",
@@ -105,10 +111,10 @@ def run_settings(args, model_sha256, data_id):
     from common.finetune import fine_tune_recipe
     recipe = fine_tune_recipe(args.fine_tune_epochs, args.batch_size, args.precision) \
         if args.fine_tune_epochs else None
+    keyed = {k: v for k, v in CONFIG.items() if not k.endswith("_timing")}
     return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,
-            "seed": args.seed, "flops_reductions": sorted(args.flops_reductions),
-            "layers": args.layers, "sensitivity_shares": list(SENSITIVITY_SHARES),
-            "importance_images": IMPORTANCE_IMAGES, "fine_tune": recipe}
+            "seed": args.seed, **keyed, "flops_reductions": sorted(args.flops_reductions),
+            "layers": args.layers, "fine_tune": recipe}
 
 
 def prunable(model, path, layers=None):
@@ -126,25 +132,31 @@ def prunable(model, path, layers=None):
                          f"{cli.shown_path(path)}; choose from {', '.join(names)}")
 
 
-def importance(model, names, images):
-    """Each criterion's score of every filter: dict criterion -> conv -> (f,)."""
+def importance(model, names, images, criteria):
+    """Each criterion's score of every filter: dict criterion -> conv -> (f,)
+    ("bn_scale" left out where a group has no batch-norm scale)."""
     from common import structured
-    scores = {"l1": structured.l1_norms(model, names),
-              "activation": structured.activation_importance(model, names, images)}
-    scales = structured.bn_scales(model, names)
-    if all(score is not None for score in scales.values()):
-        scores["bn_scale"] = scales
+    scores = {}
+    if "l1" in criteria:
+        scores["l1"] = structured.l1_norms(model, names)
+    if "activation" in criteria:
+        scores["activation"] = structured.activation_importance(model, names, images)
+    if "bn_scale" in criteria:
+        scales = structured.bn_scales(model, names)
+        if all(score is not None for score in scales.values()):
+            scores["bn_scale"] = scales
     return scores
 
 
-def measure_pruned(model, keep, splits):
+def measure_pruned(model, keep, splits, images):
     """The model without the filters `keep` leaves out: its validation accuracy
-    as pruned and with batch norm re-estimated, parameters and FLOPs."""
+    as pruned and with batch norm re-estimated on the training `images`,
+    parameters and FLOPs."""
     from common import measure, structured
     from common.evaluation import accuracy_on, recalibrate_batchnorm
     smaller = structured.remove_filters(model, keep)
     row = {"validation_accuracy": accuracy_on(smaller, splits.validation)}
-    recalibrate_batchnorm(smaller, splits.train[0][:IMPORTANCE_IMAGES])
+    recalibrate_batchnorm(smaller, splits.train[0][:images])
     row.update(validation_accuracy_recalibrated=accuracy_on(smaller, splits.validation),
                params=measure.count_params(smaller), flops=measure.count_flops(smaller),
                filters={name: len(indices) for name, indices in keep.items()})
@@ -153,7 +165,7 @@ def measure_pruned(model, keep, splits):
 
 def sensitivity_sweep(run, model, scores, splits):
     """Per criterion and layer: validation accuracy (batch norm re-estimated)
-    with only that layer keeping each of SENSITIVITY_SHARES of its filters (its
+    with only that layer keeping each of the sensitivity shares of its filters (its
     best ones), and all of them (share 1). Returns criterion -> conv -> curve."""
     from common import structured
     from common.evaluation import accuracy_on
@@ -165,12 +177,13 @@ def sensitivity_sweep(run, model, scores, splits):
     for criterion, name in todo:
         filters = sizes[name]
         accuracies = [dense]
-        for share in SENSITIVITY_SHARES:
+        for share in run.settings["sensitivity_shares"]:
             keep = structured.keep_indices(scores[criterion],
                                            {name: max(1, round(share * filters))})
-            accuracies.append(measure_pruned(model, keep, splits)[1]
+            accuracies.append(measure_pruned(model, keep, splits,
+                                             run.settings["importance_images"])[1]
                               ["validation_accuracy_recalibrated"])
-        curve = {"share": [1.0, *SENSITIVITY_SHARES], "accuracy": accuracies}
+        curve = {"share": [1.0, *run.settings["sensitivity_shares"]], "accuracy": accuracies}
         run.update(lambda r: r.setdefault("sensitivity", {}).setdefault(
             criterion, {}).update({name: curve}))
         sweep.done(f"{criterion} {name}: " + " ".join(
@@ -194,14 +207,14 @@ def screen(run, model, names, scores, curves, splits):
     from common import structured
     done = {row["key"] for row in run.find().get("candidates", [])}
     todo = [(r, c, a) for r in run.settings["flops_reductions"] for c in scores
-            for a in ALLOCATIONS if f"{reduction_name(r)} {c} {a}" not in done]
+            for a in run.settings["allocations"] if f"{reduction_name(r)} {c} {a}" not in done]
     full_flops = structured.flops_after(model, structured.group_sizes(model, names))
     sweep = cli.Sweep(len(todo), "pruned candidate", skipped=len(done))
     for reduction, criterion, allocation in todo:
         counts = allocate(model, allocation, scores[criterion], curves[criterion],
                           1 - reduction)
         _, row = measure_pruned(model, structured.keep_indices(scores[criterion], counts),
-                                splits)
+                                splits, run.settings["importance_images"])
         row.update(key=f"{reduction_name(reduction)} {criterion} {allocation}",
                    flops_reduction=reduction, criterion=criterion, allocation=allocation,
                    flops_ratio=row["flops"] / full_flops)
@@ -234,7 +247,8 @@ def fine_tune_best(run, model, scores, splits):
               "validation split, batch norm re-estimated)")
         smaller = structured.remove_filters(model, structured.keep_indices(
             scores[best["criterion"]], best["filters"]))
-        evaluation.recalibrate_batchnorm(smaller, splits.train[0][:IMPORTANCE_IMAGES])
+        evaluation.recalibrate_batchnorm(smaller,
+                                         splits.train[0][:run.settings["importance_images"]])
         records = finetune.fine_tune(
             smaller, splits.train, splits.validation, teacher=model, seed=run.settings["seed"],
             backup_dir=os.path.join(run.paths["checkpoints"], f"{name}-{run.label}"),
@@ -273,20 +287,21 @@ def timing(run, model, chosen, images):
     digests = {"original": run.settings["model_sha256"],
                **{f"-{reduction_name(row['flops_reduction'])}%": row["model_sha256"]
                   for row in run.find()["finetuned"] if row["flops_reduction"] in chosen}}
+    keras_timing, litert_timing = CONFIG["keras_timing"], CONFIG["litert_timing"]
     keras_block = run.timing(
-        "keras_timings", digests, {**KERAS_TIMING, "images": len(images),
+        "keras_timings", digests, {**keras_timing, "images": len(images),
                                    "backend": keras.backend.backend(),
                                    "threads": os.cpu_count()},  # the backend's default
-        lambda: {"models": measure.keras_timing(folded, images, KERAS_TIMING["batch_size"],
-                                                KERAS_TIMING["repeats"])})
+        lambda: {"models": measure.keras_timing(folded, images, keras_timing["batch_size"],
+                                                keras_timing["repeats"])})
 
     def litert():
         flatbuffers = dict(zip(folded, deploy.to_flatbuffers(
             [(m, "float32", None, False) for m in folded.values()])))
-        models = deploy.latency(flatbuffers, images[:LITERT_TIMING["images"]], "original",
-                                (LITERT_TIMING["threads"],), LITERT_TIMING["repeats"])["1"]
+        models = deploy.latency(flatbuffers, images[:litert_timing["images"]], "original",
+                                (litert_timing["threads"],), litert_timing["repeats"])["1"]
         return {"call_overhead": models.pop(deploy.CALL_OVERHEAD), "models": models}
-    return keras_block, run.timing("litert_timings", digests, LITERT_TIMING, litert)
+    return keras_block, run.timing("litert_timings", digests, litert_timing, litert)
 
 
 def plot_figures(run, figures_dir):
@@ -343,7 +358,8 @@ def main(argv=None):
     if "original" not in run.find():
         run.update(lambda r: r.update(original={
             "validation_accuracy": accuracy_on(model, splits.validation)}))
-    scores = importance(model, names, splits.train[0][:IMPORTANCE_IMAGES])
+    scores = importance(model, names, splits.train[0][:run.settings["importance_images"]],
+                        run.settings["criteria"])
     curves = sensitivity_sweep(run, model, scores, splits)
     screen(run, model, names, scores, curves, splits)
     if run.settings["fine_tune"]:

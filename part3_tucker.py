@@ -31,17 +31,23 @@ from common import cli, machine, runs
 from common.results import NUMBER, Map, Nullable
 
 # ---- configuration ---------------------------------------------------------
-K_VALUES = range(1, 9)           # k = 8 is full rank: exact up to float error
-# Batch-norm re-estimation after decomposing (the new convs shift every batch
-# norm's input), on 10,000 training images: one pass, ~10 s.
-RECALIBRATION_IMAGES = 10_000
-# Ranks for the reconstruction curves: the study fixes one rank at 64.
-FIXED_RANK = 64
-RANK_GRID = (4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
-# Forward time in Keras over the validation images: batch 256 keeps both cores
-# busy; batch norms folded into the convs (same outputs; common.inference), as
-# deployed; the median of 7 interleaved rounds, min-max as spread.
-TIMING = {"runtime": "keras", "batch_size": 256, "repeats": 7, "batch_norm_folded": True}
+# Everything that changes this part's numbers, in the run's key
+# (`run_settings`) but the k values (each k is a row: more of them extend
+# the run) and the timing's parameters (they key each timing).
+CONFIG = {
+    "k_values": [1, 2, 3, 4, 5, 6, 7, 8],    # k = 8 is full rank: exact up to float error
+    # Batch-norm re-estimation after decomposing (the new convs shift every
+    # batch norm's input), on 10,000 training images: one pass, ~10 s.
+    "recalibration_images": 10_000,
+    # Ranks for the reconstruction curves: the study fixes one rank at 64.
+    "fixed_rank": 64,
+    "rank_grid": [4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256],
+    # Forward time in Keras over the validation images: batch 256 keeps both
+    # cores busy; batch norms folded into the convs (same outputs;
+    # common.inference), as deployed; the median of 7 interleaved rounds,
+    # min-max as spread.
+    "timing": {"runtime": "keras", "batch_size": 256, "repeats": 7, "batch_norm_folded": True},
+}
 RESULTS_FILE = "part3.json"
 SUMMARY = {"median": NUMBER, "min": NUMBER, "max": NUMBER, "ratio": NUMBER}
 SCHEMA = {
@@ -78,8 +84,8 @@ def run_settings(args, model_sha256, data_id):
     recipe = fine_tune_recipe(args.fine_tune, args.batch_size, args.precision, **FOR_TUCKER) \
         if args.fine_tune else None
     return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,
-            "seed": args.seed, "recalibration_images": RECALIBRATION_IMAGES,
-            "fine_tune": recipe}
+            "seed": args.seed, **{k: v for k, v in CONFIG.items() if k not in (
+                "k_values", "timing")}, "fine_tune": recipe}
 
 
 def eligible(model, path, layer_name=None):
@@ -96,7 +102,7 @@ def eligible(model, path, layer_name=None):
                          f"choose from {', '.join(convs)}")
 
 
-def reconstruction_curves(model, layer_name=None):
+def reconstruction_curves(model, fixed_rank, rank_grid, layer_name=None):
     """Relative error of one conv's Tucker-2 approximation, one rank fixed at 64."""
     import keras
 
@@ -115,10 +121,10 @@ def reconstruction_curves(model, layer_name=None):
     conv = matches[0]
     kernel = keras.ops.convert_to_numpy(conv.kernel)
     c, f = kernel.shape[2:]
-    fixed = min(FIXED_RANK, c, f)
-    r1s, r2s = ([r for r in RANK_GRID if r <= n] for n in (c, f))
+    fixed = min(fixed_rank, c, f)
+    r1s, r2s = ([r for r in rank_grid if r <= n] for n in (c, f))
     # Both ranks together, up to full (R1 = c, R2 = f), where the error is 0.
-    both = sorted({r for r in RANK_GRID if r < max(c, f)} | {max(c, f)})
+    both = sorted({r for r in rank_grid if r < max(c, f)} | {max(c, f)})
     jobs = [(fixed, r) for r in r2s] + [(r, fixed) for r in r1s] + \
         [(min(r, c), min(r, f)) for r in both]
     print(f"reconstruction error of {conv.name} ({c} -> {f}) at {len(jobs)} rank pairs")
@@ -132,7 +138,7 @@ def reconstruction_curves(model, layer_name=None):
             "equal_ranks": {"rank": both, "error": errors[len(r2s) + len(r1s):]}}
 
 
-def decompose(original, k, splits, recipe, seed, backup_dir):
+def decompose(original, k, splits, recipe, seed, backup_dir, recalibration_images):
     """The k-decomposed model, batch norm re-estimated and fine-tuned (with a
     recipe; a killed fine-tune resumes from `backup_dir`), and its row:
     accuracy on the validation split at each stage."""
@@ -141,7 +147,7 @@ def decompose(original, k, splits, recipe, seed, backup_dir):
     row = {"k": k, "ranks": ranks, "params": measure.count_params(model),
            "flops": measure.count_flops(model),
            "validation_accuracy": evaluation.accuracy_on(model, splits.validation)}
-    evaluation.recalibrate_batchnorm(model, splits.train[0][:RECALIBRATION_IMAGES])
+    evaluation.recalibrate_batchnorm(model, splits.train[0][:recalibration_images])
     row["validation_accuracy_recalibrated"] = evaluation.accuracy_on(model, splits.validation)
     row["validation_accuracy_fine_tuned"] = None
     if recipe:
@@ -167,7 +173,8 @@ def sweep(run, original, ks, splits):
             continue
         made[k], row = decompose(original, k, splits, run.settings["fine_tune"],
                                  run.settings["seed"], os.path.join(
-                                     run.paths["checkpoints"], f"tucker_k{k}-{run.label}"))
+                                     run.paths["checkpoints"], f"tucker_k{k}-{run.label}"),
+                                 run.settings["recalibration_images"])
         row.update(run.save_model(made[k], f"tucker_k{k}"))
         run.upsert("sweep", "k", row)
         progress.done(f"k={k}: validation {row['validation_accuracy']:.4f} as decomposed, "
@@ -202,14 +209,14 @@ def timing(run, original, made, images):
     digests = {"original": run.settings["model_sha256"],
                **{f"k{row['k']}": row["model_sha256"] for row in run.find()["sweep"]
                   if row["k"] in made}}
-    params = {**TIMING, "images": len(images), "backend": keras.backend.backend(),
+    params = {**CONFIG["timing"], "images": len(images), "backend": keras.backend.backend(),
               "threads": os.cpu_count()}  # the backend's default: every logical core
 
     def measure_now():
         print(f"timing {len(candidates)} models side by side in Keras ...")
         return {"models": measure.keras_timing(
             {name: fold_batchnorm(m)[0] for name, m in candidates.items()}, images,
-            TIMING["batch_size"], TIMING["repeats"])}
+            CONFIG["timing"]["batch_size"], CONFIG["timing"]["repeats"])}
     return run.timing("timings", digests, params, measure_now)
 
 
@@ -239,13 +246,14 @@ def main(argv=None):
     if stored and args.layer in (None, stored):
         print(f"reconstruction error of {stored}: stored, reused")
     else:                                                # a bad --layer fails here
-        curves = reconstruction_curves(original, args.layer)
+        curves = reconstruction_curves(original, run.settings["fixed_rank"],
+                                       run.settings["rank_grid"], args.layer)
         run.update(lambda r: r.update(reconstruction=curves))
     if "original" not in run.find():
         run.update(lambda r: r.update(original={
             "validation_accuracy": evaluation.accuracy_on(original, splits.validation),
             "params": measure.count_params(original), "flops": measure.count_flops(original)}))
-    made = sweep(run, original, sorted(set(args.k or K_VALUES)), splits)
+    made = sweep(run, original, sorted(set(args.k or CONFIG["k_values"])), splits)
     report(run, original, made, splits)
     block = timing(run, original, made, splits.validation[0])
     print(tables.part3_table(run.find(), block, study=cli.is_reference(model_path)))

@@ -37,19 +37,27 @@ from common.methods import METHODS
 from common.results import NUMBER, Map, file_digest, runs_alike
 
 # ---- configuration ---------------------------------------------------------
-PRECISIONS = ("float32", "dynamic_int8", "int8")
-# Pruned models also with sparse weights encoded: a smaller file; whether it
-# runs faster is the runtime's business (XNNPACK densifies it: docs/part4.md).
-SPARSE_PRECISIONS = ("float32", "int8")
-# int8's activation ranges come from this many training images, drawn at
-# random with the seed (never validation or test images).
-CALIBRATION_IMAGES = 300
-# Batch norms folded into the convs first (same outputs; common.inference):
-# what a deployed model runs, and int8 then quantizes one op, not three.
-FOLD_BATCHNORM = True
-THREADS = (1, 2)                 # one core, as a phone app often gets, and two
-TIMING_IMAGES = 300              # validation images per flatbuffer per round, batch 1
-TIMING_REPEATS = 7               # interleaved rounds: median, min-max as spread
+# Everything that changes this part's numbers, in the run's key
+# (`run_settings`, this machine's identity added) but the precisions (each
+# model in each precision is a row).
+CONFIG = {
+    "precisions": ["float32", "dynamic_int8", "int8"],
+    # Pruned models also with sparse weights encoded: a smaller file; whether it
+    # runs faster is the runtime's business (XNNPACK densifies it: docs/part4.md).
+    "sparse_precisions": ["float32", "int8"],
+    # int8's activation ranges come from this many training images, drawn at
+    # random with the seed (never validation or test images).
+    "calibration_images": 300,
+    # Batch norms folded into the convs first (same outputs; common.inference):
+    # what a deployed model runs, and int8 then quantizes one op, not three.
+    "fold_batchnorm": True,
+    "timing": {
+        "threads": [1, 2],      # one core, as a phone app often gets, and two
+        "batch_size": 1,
+        "images": 300,          # validation images per flatbuffer per round (--timing-images)
+        "repeats": 7,           # interleaved rounds: median, min-max as spread (--timing-repeats)
+    },
+}
 RESULTS_FILE = "part4.json"
 SUMMARY = {"median": NUMBER, "min": NUMBER, "max": NUMBER, "ratio": NUMBER}
 SCHEMA = {
@@ -67,10 +75,10 @@ def parse_args(argv=None):
                              epochs=False)
     parser.add_argument("--model", metavar="PATH", help=cli.MODEL_HELP.format("deploy"))
     parser.add_argument("--timing-images", type=cli.int_in_range(
-        "--timing-images", 1, VALIDATION_SIZE), default=TIMING_IMAGES, metavar="N",
+        "--timing-images", 1, VALIDATION_SIZE), default=CONFIG["timing"]["images"], metavar="N",
         help=f"validation images per flatbuffer per timing round, 1..{VALIDATION_SIZE} "
              "(default: %(default)s)")
-    parser.add_argument("--timing-repeats", type=cli.positive_int, default=TIMING_REPEATS,
+    parser.add_argument("--timing-repeats", type=cli.positive_int, default=CONFIG["timing"]["repeats"],
                         metavar="N", help="interleaved timing rounds (default: %(default)s)")
     return parser.parse_args(argv)
 
@@ -79,9 +87,9 @@ def run_settings(args, model_sha256, data_id):
     """Everything that changes this part's numbers, this machine included."""
     from common import machine
     return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,
-            "seed": args.seed, "calibration_images": CALIBRATION_IMAGES,
-            "fold_batchnorm": FOLD_BATCHNORM, "machine": machine.identity(),
-            "timing": {"threads": list(THREADS), "batch_size": 1,
+            "seed": args.seed, "calibration_images": CONFIG["calibration_images"],
+            "fold_batchnorm": CONFIG["fold_batchnorm"], "machine": machine.identity(),
+            "timing": {**CONFIG["timing"],
                        "images": args.timing_images, "repeats": args.timing_repeats}}
 
 
@@ -126,9 +134,9 @@ def compressed_models(settings, results_dirs, model_option=""):
 
 def variants(info):
     """(precision, sparse) pairs a model is converted in."""
-    pairs = [(precision, False) for precision in PRECISIONS]
+    pairs = [(precision, False) for precision in CONFIG["precisions"]]
     if info["family"] == "pruned":
-        pairs += [(precision, True) for precision in SPARSE_PRECISIONS]
+        pairs += [(precision, True) for precision in CONFIG["sparse_precisions"]]
     return pairs
 
 
@@ -136,17 +144,17 @@ def variant_name(model_name, precision, sparse):
     return f"{model_name} {precision}" + (" sparse" if sparse else "")
 
 
-def deployable(keras_model):
-    """What is converted: the model with its batch norms folded (FOLD_BATCHNORM)."""
+def deployable(keras_model, fold):
+    """What is converted: the model, its batch norms folded if `fold`."""
     from common.inference import fold_batchnorm
-    return fold_batchnorm(keras_model)[0] if FOLD_BATCHNORM else keras_model
+    return fold_batchnorm(keras_model)[0] if fold else keras_model
 
 
-def calibration_sample(images, seed):
-    """CALIBRATION_IMAGES training images drawn at random (seeded)."""
+def calibration_sample(images, count, seed):
+    """`count` training images drawn at random (seeded)."""
     import numpy as np
     rng = np.random.default_rng(seed)
-    return images[rng.choice(len(images), min(CALIBRATION_IMAGES, len(images)), replace=False)]
+    return images[rng.choice(len(images), min(count, len(images)), replace=False)]
 
 
 def stored_flatbuffer(row):
@@ -179,13 +187,14 @@ def convert(run, sources, splits):
             if name not in flatbuffers:
                 todo.append((model_name, precision, sparse))
     progress = cli.Sweep(len(todo), "flatbuffer", skipped=len(flatbuffers))
-    calibration = calibration_sample(splits.train[0], run.settings["seed"])
+    calibration = calibration_sample(splits.train[0], run.settings["calibration_images"],
+                                     run.settings["seed"])
     litert_dir = os.path.join(run.paths["models"], "litert")
     os.makedirs(litert_dir, exist_ok=True)
     converted = {}  # (model, precision, sparse) -> bytes, a model's variants at a time
     for model_name in dict.fromkeys(m for m, _, _ in todo):
         path, _ = sources[model_name]
-        model = deployable(models.load_classifier(path))
+        model = deployable(models.load_classifier(path), run.settings["fold_batchnorm"])
         pairs = [(p, sparse) for m, p, sparse in todo if m == model_name]
         try:
             made = deploy.to_flatbuffers([(model, p, calibration, sparse) for p, sparse in pairs])
@@ -243,11 +252,12 @@ def timing(run, flatbuffers, images):
         print(f"timing: these {len(digests)} flatbuffers were timed together already, reused")
         return
     params = run.settings["timing"]
-    print(f"timing {len(flatbuffers)} flatbuffers x threads {THREADS} at batch 1 on "
+    print(f"timing {len(flatbuffers)} flatbuffers x threads {params['threads']} at batch 1 on "
           f"{machine.label(run.settings['machine'])}, interleaved: a warm-up, "
           f"{params['repeats']} rounds of {params['images']} validation images ...")
     latency = deploy.latency(flatbuffers, images[:params["images"]],
-                             variant_name("original", "float32", False), THREADS,
+                             variant_name("original", "float32", False),
+                             tuple(params["threads"]),
                              params["repeats"], run.settings["seed"])
 
     def record(stored_run):  # the timing block describes exactly the rows with a latency

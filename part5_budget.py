@@ -42,36 +42,45 @@ from common import cli, runs
 from common.results import NUMBER, Map, Nullable
 
 # ---- configuration ---------------------------------------------------------
-# The front, as shares of the reference's float32 time. Where int8 pays (on
-# int8 dot-product CPUs int8 alone takes ~0.12), the budgets above cost nothing.
-BUDGETS = (0.5, 0.3, 0.2, 0.15, 0.1, 0.08, 0.06, 0.05)
-# Per group: shares of its channels kept; per conv: Tucker-2 ranks as shares
-# of its remaining channels (None: not decomposed). A conv's blocks to time
-# grow with keeps^2 x ranks where a group is read and made by others (ResNets).
-KEEPS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
-RANKS = (None, 0.75, 0.5, 0.25)
-# The search's latency step: a budget's 1/400 (finer costs time, not accuracy:
-# the best few are built and measured).
-RESOLUTION_STEPS = 400
-# Training images for the activation criterion (which filters go: Part 2's
-# structured run found it best at large reductions) and for batch-norm
-# re-estimation of every model built.
-IMPORTANCE_IMAGES = 2_000
-# Each block timed on 100 random inputs per round, 7 interleaved rounds.
-BLOCK_TIMING = {"images": 100, "repeats": 7}
-# Whole models timed end to end to fit the line from a sum of blocks to a
-# model's latency: the reference and this many random configurations.
-CALIBRATION_MODELS = 8
-# Per budget, the configurations predicted best are built, fine-tuned one pass
-# over SCREEN_IMAGES training images with the teacher, and measured; the best
-# of them that meets the budget is fine-tuned with the full recipe.
-CANDIDATES = 3
-SCREEN_IMAGES = 10_000
-SCREEN_ROUNDS = 4
-SCREEN_TIMING_IMAGES = 100        # each candidate beside the float32 reference
-# Whole models at batch 1 on validation images, interleaved rounds.
-TIMING = {"images": 300, "repeats": 7, "threads": 1}
-CALIBRATION_IMAGES = 300          # int8's activation ranges, as Part 4
+# Everything that changes this part's numbers, in the run's key
+# (`run_settings`, this machine's identity added) but the budgets (each is a
+# row of the front: more of them extend the same run).
+CONFIG = {
+    # The front, as shares of the reference's float32 time. Where int8 pays (on
+    # int8 dot-product CPUs int8 alone takes ~0.12), the budgets above cost nothing.
+    "budgets": [0.5, 0.3, 0.2, 0.15, 0.1, 0.08, 0.06, 0.05],
+    # Per group: shares of its channels kept (--keeps); per conv: Tucker-2
+    # ranks as shares of its remaining channels (--ranks; None: not
+    # decomposed). A conv's blocks to time grow with keeps^2 x ranks where a
+    # group is read and made by others (ResNets).
+    "keeps": [1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25],
+    "ranks": [None, 0.75, 0.5, 0.25],
+    # The search's latency step: a budget's 1/400 (finer costs time, not
+    # accuracy: the best few are built and measured).
+    "resolution_steps": 400,
+    # Training images for the activation criterion (which filters go: Part
+    # 2's structured run found it best at large reductions) and for
+    # batch-norm re-estimation of every model built.
+    "importance_images": 2_000,
+    # Each block timed on 100 random inputs per round, 7 interleaved rounds.
+    "block_timing": {"images": 100, "repeats": 7},
+    # Whole models timed end to end to fit the line from a sum of blocks to a
+    # model's latency: the reference and this many random configurations.
+    "calibration_models": 8,
+    # Per budget, the `candidates` configurations predicted best are built,
+    # fine-tuned one pass over `screen_images` training images with the
+    # teacher, and timed on `screen_timing_images` beside the float32
+    # reference; the best that meets the budget is fine-tuned with the full
+    # recipe; where none does, the prediction is corrected and the next tried,
+    # `screen_rounds` times at most.
+    "candidates": 3,
+    "screen_images": 10_000,
+    "screen_rounds": 4,
+    "screen_timing_images": 100,
+    # Whole models at batch 1 on validation images, interleaved rounds.
+    "timing": {"images": 300, "repeats": 7, "threads": 1},
+    "calibration_images": 300,          # int8's activation ranges, as Part 4
+}
 QUICK = {"keeps": [1.0, 0.5], "ranks": [None, 0.5], "budgets": [0.1],
          "train_limit": 10_000, "fine_tune_epochs": 1}
 RESULTS_FILE = "part5_budget.json"
@@ -101,14 +110,14 @@ def parse_args(argv=None):
     parser.add_argument("--latency-budget", type=cli.open_fraction("a latency budget"),
                         nargs="+", metavar="B",
                         help="shares of the reference's float32 LiteRT time on this machine, "
-                             "each in (0, 1) (default: " + " ".join(map(str, BUDGETS)) + ")")
+                             "each in (0, 1) (default: " + " ".join(map(str, CONFIG["budgets"])) + ")")
     parser.add_argument("--latency-budget-ms", type=cli.positive_float("--latency-budget-ms"),
                         nargs="+", metavar="MS", help="budgets in ms per image instead")
     parser.add_argument("--fine-tune-epochs", type=cli.positive_int, metavar="N",
                         help="epochs of the final fine-tune (default: the shared recipe's 3)")
     parser.add_argument("--keeps", type=cli.share("--keeps"), nargs="+", metavar="K",
                         help="shares of each group's channels the search may keep, in (0, 1] "
-                             "(default: " + " ".join(f"{k:g}" for k in KEEPS) + ")")
+                             "(default: " + " ".join(f"{k:g}" for k in CONFIG["keeps"]) + ")")
     parser.add_argument("--ranks", type=cli.share("--ranks", none=True), nargs="+",
                         metavar="R", help="Tucker-2 ranks per conv as shares of its channels, "
                                           "or none (default: none 0.75 0.5 0.25)")
@@ -129,18 +138,13 @@ def run_settings(args, model_sha256, data_id):
     (budgets are rows: more of them extend the same run)."""
     from common import machine
     from common.finetune import fine_tune_recipe
-    grid = QUICK if args.quick else {"keeps": KEEPS, "ranks": RANKS}
+    grid = QUICK if args.quick else CONFIG
     keeps = sorted({1.0, *(args.keeps or grid["keeps"])}, reverse=True)
     ranks = [None] + sorted({r for r in args.ranks or grid["ranks"] if r is not None},
                             reverse=True)
     return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,
-            "seed": args.seed, "keeps": keeps, "ranks": ranks,
-            "importance_images": IMPORTANCE_IMAGES, "block_timing": BLOCK_TIMING,
-            "calibration_models": CALIBRATION_MODELS, "candidates": CANDIDATES,
-            "screen_images": SCREEN_IMAGES, "screen_rounds": SCREEN_ROUNDS,
-            "screen_timing_images": SCREEN_TIMING_IMAGES,
-            "resolution_steps": RESOLUTION_STEPS, "timing": TIMING,
-            "calibration_images": CALIBRATION_IMAGES, "machine": machine.identity(),
+            "seed": args.seed, **{k: v for k, v in CONFIG.items() if k != "budgets"},
+            "keeps": keeps, "ranks": ranks, "machine": machine.identity(),
             "fine_tune": fine_tune_recipe(args.fine_tune_epochs, args.batch_size,
                                           args.precision)}
 
@@ -157,7 +161,7 @@ class Search:
         self.space = search.space(reference, run.settings["keeps"], run.settings["ranks"])
         self.convs = [conv.name for conv in self.space.convs]
         self.scores = structured.activation_importance(
-            reference, list(self.space.sizes), splits.train[0][:IMPORTANCE_IMAGES])
+            reference, list(self.space.sizes), splits.train[0][:run.settings["importance_images"]])
         self.calibration = self._calibration_images()
         self._reference_float32 = None
 
@@ -165,7 +169,8 @@ class Search:
         import numpy as np
         rng = np.random.default_rng(self.run.settings["seed"])
         images = self.splits.train[0]
-        return images[rng.choice(len(images), min(CALIBRATION_IMAGES, len(images)),
+        return images[rng.choice(len(images), min(self.run.settings["calibration_images"],
+                                                  len(images)),
                                  replace=False)]
 
     def flatbuffers(self, models, precision=None):
@@ -193,7 +198,8 @@ class Search:
         if self.unchanged(configuration):
             return self.reference
         model = search.build(self.reference, self.space, configuration, self.scores)
-        recalibrate_batchnorm(model, self.splits.train[0][:IMPORTANCE_IMAGES])
+        recalibrate_batchnorm(model,
+                              self.splits.train[0][:self.run.settings["importance_images"]])
         return model
 
     def unchanged(self, configuration):
@@ -218,8 +224,9 @@ def choose_precision(s):
         return s.run.find()["precision"]
     flatbuffers = {p: s.flatbuffer(s.reference, p) for p in ("float32", "int8")}
     print("timing the reference in float32 and int8 to choose the precision ...")
-    latency = deploy.latency(flatbuffers, s.splits.validation[0][:TIMING["images"]], "float32",
-                             (1,), TIMING["repeats"], s.run.settings["seed"])["1"]
+    timing = s.run.settings["timing"]
+    latency = deploy.latency(flatbuffers, s.splits.validation[0][:timing["images"]], "float32",
+                             (1,), timing["repeats"], s.run.settings["seed"])["1"]
     chosen = "int8" if latency["int8"]["median"] < latency["float32"]["median"] else "float32"
     record = {"chosen": chosen, "float32": latency["float32"], "int8": latency["int8"]}
     s.run.update(lambda r: r.update(precision=record))
@@ -241,6 +248,7 @@ def time_blocks(s):
     progress = cli.Sweep(len(todo), "conv's blocks", skipped=len(s.convs) - len(todo))
     rng = np.random.default_rng(s.run.settings["seed"])
     alike = {}   # (signature, block key) -> a timing of this run
+    block_timing = s.run.settings["block_timing"]
     for index, conv in enumerate(s.convs):
         signature = search.block_signature(s.deployed, conv)
         for key, summary in s.run.find().get("blocks", {}).get(conv, {}).items():
@@ -254,13 +262,13 @@ def time_blocks(s):
             if (signature, key) in alike:
                 timed[key] = alike[signature, key]
                 continue
-            inputs[key] = rng.normal(size=(BLOCK_TIMING["images"], height, width, c)).astype(
+            inputs[key] = rng.normal(size=(block_timing["images"], height, width, c)).astype(
                 "float32")
             jobs.append((search.block(s.deployed, conv, c, f, rank_pair),
                          s.run.find()["precision"]["chosen"], inputs[key][:20], False))
         if jobs:
             flatbuffers = dict(zip(inputs, deploy.to_flatbuffers(jobs)))
-            seconds = deploy.time_per_image(flatbuffers, inputs, (1,), BLOCK_TIMING["repeats"],
+            seconds = deploy.time_per_image(flatbuffers, inputs, (1,), block_timing["repeats"],
                                             s.run.settings["seed"])
             timed.update({key: summarize(seconds[key, 1]) for key in flatbuffers})
         alike.update({(signature, key): summary for key, summary in timed.items()})
@@ -296,8 +304,9 @@ def calibrate(s):
         flatbuffers[key] = s.flatbuffer(s.build(configuration))
         progress.done(f"{shown(key)}: {len(flatbuffers[key]):,} bytes")
     print(f"timing {len(flatbuffers)} whole models end to end to fit the blocks' sum ...")
-    seconds = deploy.time_per_image(flatbuffers, s.splits.validation[0][:TIMING["images"]],
-                                    (1,), TIMING["repeats"], s.run.settings["seed"])
+    timing = s.run.settings["timing"]
+    seconds = deploy.time_per_image(flatbuffers, s.splits.validation[0][:timing["images"]],
+                                    (1,), timing["repeats"], s.run.settings["seed"])
     points = []
     for configuration in configurations:
         key = search.configurations_key(configuration)
@@ -343,12 +352,12 @@ def candidates(s, budget):
 
 def screen(s, budget):
     """The best few configurations within `budget`, each built, fine-tuned one
-    pass over SCREEN_IMAGES training images (teacher: the reference), and
+    pass over the screen's training images (teacher: the reference), and
     measured in the deployed precision: validation accuracy in LiteRT and
     latency beside the float32 reference. Returns the best that meets the
     budget (its row). Where none does, the prediction is corrected by how far
     the measured latencies were off (their median ratio to the predicted) and
-    the next few are tried, SCREEN_ROUNDS times at most."""
+    the next few are tried, a few rounds at most (see CONFIG)."""
     from common import search
     stored = {row["key"]: row for row in s.run.find().get("candidates", [])}
     rows, factor = [], 1.0   # the rows considered: the best-predicted of each round
@@ -356,7 +365,7 @@ def screen(s, budget):
         ranked = [c for c in candidates(s, budget / factor)
                   if f"{budget:g} {search.configurations_key(c)}" not in
                   {row["key"] for row in rows}]
-        for configuration in ranked[:CANDIDATES]:
+        for configuration in ranked[:s.run.settings["candidates"]]:
             key = f"{budget:g} {search.configurations_key(configuration)}"
             rows.append(stored.get(key) or measure_candidate(s, budget, configuration))
         feasible = [row for row in rows if row["ratio"] <= budget]
@@ -376,10 +385,10 @@ def measure_candidate(s, budget, configuration):
     from common.evaluation import accuracy
     key = f"{budget:g} {search.configurations_key(configuration)}"
     print(f"  budget {budget:g}: {shown(key.split(' ', 1)[1])}: built, fine-tuned one pass over "
-          f"{SCREEN_IMAGES:,} training images, converted and timed ...")
+          f"{s.run.settings['screen_images']:,} training images, converted and timed ...")
     model = s.build(configuration)
     if not s.unchanged(configuration):
-        screen_train = tuple(part[:SCREEN_IMAGES] for part in s.splits.train)
+        screen_train = tuple(part[:s.run.settings["screen_images"]] for part in s.splits.train)
         finetune.fine_tune(model, screen_train, None, epochs=1, teacher=s.reference,
                            seed=s.run.settings["seed"], **{
                                k: v for k, v in s.run.settings["fine_tune"].items()
@@ -387,7 +396,8 @@ def measure_candidate(s, budget, configuration):
     flatbuffer = s.flatbuffer(model)
     latency = deploy.latency({"reference": s.reference_float32(), "candidate": flatbuffer},
                              s.splits.validation[0][:s.run.settings["screen_timing_images"]],
-                             "reference", (1,), TIMING["repeats"], s.run.settings["seed"],
+                             "reference", (1,), s.run.settings["timing"]["repeats"],
+                             s.run.settings["seed"],
                              progress=False)["1"]
     base = s.run.find()["precision"]["float32"]["median"]
     row = {"key": key, "budget": budget, "configuration": key.split(" ", 1)[1],
@@ -492,9 +502,10 @@ def report(s, budgets):
         with open(runs.resolve(row["tflite"]), "rb") as f:
             flatbuffers.setdefault(row["tflite_sha256"], f.read())
     print(f"timing {len(flatbuffers)} flatbuffers end to end, interleaved ...")
-    latency = deploy.latency(flatbuffers, s.splits.validation[0][:TIMING["images"]],
-                             "reference float32", (TIMING["threads"],), TIMING["repeats"],
-                             s.run.settings["seed"])[str(TIMING["threads"])]
+    timing = s.run.settings["timing"]
+    latency = deploy.latency(flatbuffers, s.splits.validation[0][:timing["images"]],
+                             "reference float32", (timing["threads"],), timing["repeats"],
+                             s.run.settings["seed"])[str(timing["threads"])]
     for row in s.run.find()["front"]:
         if row["tflite_sha256"] in latency:
             s.run.upsert("front", "budget", {**row, "latency": latency[row["tflite_sha256"]]})
@@ -522,7 +533,7 @@ def searchable(model, path):
     take: one with no conv whose channels can be removed."""
     from common import search
     try:
-        search.space(model, KEEPS, RANKS)
+        search.space(model, CONFIG["keeps"], CONFIG["ranks"])
     except ValueError as err:
         raise ValueError(f"{cli.shown_path(path)}: {err}") from None
 
@@ -546,7 +557,7 @@ def main(argv=None):
     s.stored()
     budgets = args.latency_budget or (
         [ms / 1e3 / precision["float32"]["median"] for ms in args.latency_budget_ms]
-        if args.latency_budget_ms else QUICK["budgets"] if args.quick else list(BUDGETS))
+        if args.latency_budget_ms else QUICK["budgets"] if args.quick else CONFIG["budgets"])
     unmet = []
     for i, budget in enumerate(budgets, start=1):
         print(f"budget {i}/{len(budgets)}: {budget:g} of the float32 reference's time")

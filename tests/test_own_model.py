@@ -80,7 +80,7 @@ def test_the_latency_search_composes_removal_and_tucker_through_residual_adds(
         return {(name, t): [1e-9 * len(fb)] * repeats for name, fb in flatbuffers.items()
                 for t in threads}
     monkeypatch.setattr(deploy, "time_per_image", bytes_as_seconds)
-    monkeypatch.setattr(part5_budget, "CALIBRATION_MODELS", 2)
+    monkeypatch.setitem(part5_budget.CONFIG, "calibration_models", 2)
     argv = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--model", resnet_file,
             "--quick", "--latency-budget", "0.8", "--batch-size", "30", "--precision", "float32"]
     assert cli.run_main(part5_budget.main, argv) == 0

@@ -170,14 +170,14 @@ def test_pruned_accuracy_is_that_of_the_pruned_copy_and_leaves_every_weight_as_i
 
 def test_sparsity_curve_resumes_after_its_last_measured_sparsity(tmp_path):
     model, splits = tiny_classifier(), tiny_splits()
-    full = make_run(tmp_path / "full", sparsities=[0.5, 0.9])
+    full = make_run(tmp_path / "full", sparsities=[0.5, 0.9], recalibration_images=20)
     part2_prune.sparsity_curve(full, model, "uniform", splits)
     curve = full.find()["uniform"]
     # As an interrupted run leaves it: 0.5 measured (with a marker value), 0.9 not.
     partial = {key: values[:1] for key, values in curve.items()}
     partial["sparsity"] = [0.5, 0.9]
     partial["validation_accuracy"] = [-1.0]
-    resumed = make_run(tmp_path / "resumed", sparsities=[0.5, 0.9])
+    resumed = make_run(tmp_path / "resumed", sparsities=[0.5, 0.9], recalibration_images=20)
     resumed.update(lambda r: r.update(uniform=partial))
     part2_prune.sparsity_curve(resumed, model, "uniform", splits)
     assert resumed.find()["uniform"]["validation_accuracy"] == [

@@ -185,7 +185,7 @@ def run(argv):
 def test_tiny_end_to_end_search(tiny_cifar, tiny_model_file, tmp_path, sealed_test_set, capsys,
                                 monkeypatch):
     sealed_test_set(part5_budget)
-    monkeypatch.setattr(part5_budget, "CALIBRATION_MODELS", 2)
+    monkeypatch.setitem(part5_budget.CONFIG, "calibration_models", 2)
     from common import deploy
     timed = []
 
