@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The ResNet-56 study (docs/resnet56.md): every command in the order it runs.
+# Each resumes where it stopped and skips what is done, so running this file
+# again continues the queue. Results, figures and models go to resnet56/
+# (committed); the base is models/resnet56.keras (seed 0, committed).
+#
+#     CIFAR10_DIR=... nohup bash resnet56/queue.sh > resnet56/queue.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BASE=models/resnet56.keras
+OUT=resnet56
+
+# 1. Filter removal at the table's points: 2.13x and 2.57x fewer multiply-adds
+#    (1 - 1/2.13 = 0.531, 1 - 1/2.57 = 0.611), 10 epochs of fine-tuning with
+#    the base as teacher; Keras and LiteRT float32 time beside the base.
+python part2_structured.py --model $BASE --flops-reductions 0.531 0.611 \
+    --fine-tune-epochs 10 --output-dir $OUT
+# 2. Scratch-B (Liu et al. 2019): each pruned architecture from fresh weights for
+#    the base's 30 epochs x the MACs ratio + the 10 fine-tuning epochs.
+python part1_cnn.py --experiments resnet56 --output-dir $OUT --epochs 74 \
+    --architecture $OUT/models/structured_53.1.keras
+python part1_cnn.py --experiments resnet56 --output-dir $OUT --epochs 87 \
+    --architecture $OUT/models/structured_61.1.keras
+# 3. The latency-budget search over groups, on this machine (nothing else running).
+python part5_budget.py --model $BASE --latency-budget 0.5 0.3 0.2 0.1 \
+    --keeps 1 0.75 0.5 0.25 --ranks none 0.5 --output-dir $OUT
+# 4. Tucker-2 at the study's k = 4, and every model above in LiteRT (Part 4).
+python part3_tucker.py --model $BASE --k 4 --output-dir $OUT
+python part4_deploy.py --model $BASE --output-dir $OUT
+# 5. The spread: the base and the 2.13x row over seeds 1 and 2.
+for seed in 1 2; do
+    python part1_cnn.py --experiments resnet56 --seed $seed --output-dir $OUT/seed$seed
+    python part2_structured.py --model $OUT/seed$seed/models/resnet56.keras --seed $seed \
+        --flops-reductions 0.531 --fine-tune-epochs 10 --output-dir $OUT/seed$seed
+done
+# 6. Magnitude pruning (weights zeroed: smaller files, no speed).
+python part2_prune.py --model $BASE --output-dir $OUT
