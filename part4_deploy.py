@@ -78,7 +78,8 @@ def parse_args(argv=None):
         "--timing-images", 1, VALIDATION_SIZE), default=CONFIG["timing"]["images"], metavar="N",
         help=f"validation images per flatbuffer per timing round, 1..{VALIDATION_SIZE} "
              "(default: %(default)s)")
-    parser.add_argument("--timing-repeats", type=cli.positive_int, default=CONFIG["timing"]["repeats"],
+    parser.add_argument("--timing-repeats", type=cli.positive_int,
+                        default=CONFIG["timing"]["repeats"],
                         metavar="N", help="interleaved timing rounds (default: %(default)s)")
     return parser.parse_args(argv)
 

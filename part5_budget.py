@@ -110,13 +110,15 @@ def parse_args(argv=None):
     parser.add_argument("--latency-budget", type=cli.open_fraction("a latency budget"),
                         nargs="+", metavar="B",
                         help="shares of the reference's float32 LiteRT time on this machine, "
-                             "each in (0, 1) (default: " + " ".join(map(str, CONFIG["budgets"])) + ")")
+                             "each in (0, 1) (default: "
+                             + " ".join(map(str, CONFIG["budgets"])) + ")")
     parser.add_argument("--latency-budget-ms", type=cli.positive_float("--latency-budget-ms"),
                         nargs="+", metavar="MS", help="budgets in ms per image instead")
     parser.add_argument("--fine-tune-epochs", type=cli.positive_int, metavar="N",
                         help="epochs of the final fine-tune (default: the shared recipe's 3)")
     parser.add_argument("--keeps", type=cli.share("--keeps"), nargs="+", metavar="K",
-                        help="shares of each group's channels the search may keep, in (0, 1] "
+                        help="shares of each group's channels the search may keep, in (0, 1], "
+                             "1 always among them "
                              "(default: " + " ".join(f"{k:g}" for k in CONFIG["keeps"]) + ")")
     parser.add_argument("--ranks", type=cli.share("--ranks", none=True), nargs="+",
                         metavar="R", help="Tucker-2 ranks per conv as shares of its channels, "
@@ -406,8 +408,8 @@ def measure_candidate(s, budget, configuration):
            "validation_accuracy": accuracy(deploy.predict(flatbuffer, s.splits.validation[0]),
                                            s.splits.validation[1])}
     s.run.upsert("candidates", "key", row)
-    print(f"  budget {budget:g}: {shown(row['configuration'])}: predicted x{row['predicted_ratio']:.3f}, "
-          f"measured x{row['ratio']:.3f}, validation {row['validation_accuracy']:.4f}")
+    print(f"  budget {budget:g}: {shown(row['configuration'])}: "
+          f"predicted x{row['predicted_ratio']:.3f}, measured x{row['ratio']:.3f}, validation {row['validation_accuracy']:.4f}")
     return row
 
 

@@ -8,6 +8,7 @@ The README's tables are this output, so every number there comes from
 results/*.json or models/reference.json.
 """
 
+import glob
 import json
 import os
 import sys
@@ -195,6 +196,46 @@ def part2_structured_tables(run):
     return "\n".join(out)
 
 
+# The structured-pruning table for ResNet-56 on CIFAR-10 (official data):
+# github.com/VainF/Torch-Pruning, reproduce/readme.md, "ResNet-56 / CIFAR-10"
+# (base and pruned as printed; its Δ column has two typos, so Δ is computed).
+PUBLISHED_RESNET56 = [
+    ("DepGraph (group_sl)", 0.9353, 0.9377, 2.13), ("DepGraph (group_sl)", 0.9353, 0.9364, 2.57),
+    ("ResRep", 0.9371, 0.9371, 2.12), ("HRank", 0.9326, 0.9317, 2.00),
+    ("FPGM", 0.9359, 0.9326, 1.70)]
+
+
+def published_table(part2s, scratch=None):
+    """Our filter-removal rows (each fine-tuned model of a Part 2 structured
+    run) beside the published ones at their multiply-add ratios, every Δ
+    against its own base; ours add the LiteRT float32 time ratio on the
+    machine that timed them, and the Scratch-B row of each architecture
+    (`scratch`: file name of the pruned model -> test accuracy of the same
+    architecture trained from scratch), where there is one."""
+    out = ["| method | base | pruned | Δ | MACs ratio | LiteRT float32 time ratio |",
+           "|---|---|---|---|---|---|"]
+    for name, base, pruned, ratio in PUBLISHED_RESNET56:
+        out.append(f"| {name} (published) | {_pct(base)} | {_pct(pruned)} "
+                   f"| {_points(pruned, base)} | {ratio:.2f}× | not reported |")
+    base = part2s.get("original", {}).get("test_accuracy")
+    litert = (machine.this_machine(part2s.get("litert_timings"))
+              or (part2s.get("litert_timings") or [{}])[-1])
+    for row in sorted(part2s.get("finetuned", []), key=lambda r: r["flops_reduction"]):
+        time = (litert.get("models") or {}).get(f"-{100 * row['flops_reduction']:g}%")
+        timed = "not timed" if time is None else \
+            f"{time['ratio']:.3f} ({1 / time['ratio']:.2f}× faster; {litert['label']})"
+        test = row.get("test_accuracy")
+        out.append(f"| ours: filters removed ({row['criterion']}, {row['allocation']}, "
+                   f"{part2s['settings']['fine_tune']['epochs']} epochs fine-tuned) | {_pct(base)} | {_pct(test)} | {_points(test, base)} "
+                   f"| {1 / row['flops_ratio']:.2f}× | {timed} |")
+        from_scratch = (scratch or {}).get(os.path.basename(row.get("model", "")))
+        if from_scratch is not None:
+            out.append(f"| ours: the same architecture from scratch (Scratch-B) | {_pct(base)} "
+                       f"| {_pct(from_scratch)} | {_points(from_scratch, base)} "
+                       f"| {1 / row['flops_ratio']:.2f}× | as above |")
+    return "\n".join(out)
+
+
 def _points(value, reference):
     """The difference in percentage points, signed; a dash without both."""
     return "—" if value is None or reference is None else f"{100 * (value - reference):+.2f}"
@@ -343,6 +384,12 @@ def main(argv=None):
               if run.get("models") else [],
               "part5_budget": lambda run: [part5_table(run)]}
     printed = 0
+    scratch = {os.path.basename(info.get("config", {}).get("architecture", "")):
+               info["test_accuracy"] for info in map(read_json, glob.glob(os.path.join(
+                   args.output_dir, "models", "scratch-*.json")))}
+    tables["part2_structured"] = lambda run: [part2_structured_tables(run)] + (
+        ["", published_table(run, scratch)]
+        if os.path.basename(run.get("meta", {}).get("model", "")) == "resnet56.keras" else [])
     for part, make in tables.items():
         path = os.path.join(args.output_dir, "results", f"{part}.json")
         runs = ResultsStore(path).runs()

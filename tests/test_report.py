@@ -43,3 +43,20 @@ def test_the_file_runs_from_any_folder(tmp_path):
     done = subprocess.run([sys.executable, script, "--output-dir", str(tmp_path)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "no results/part*.json" in done.stderr  # not an ImportError
+
+
+def test_the_published_table_sets_our_rows_beside_theirs_by_hand():
+    from common import report
+    run = {"settings": {"fine_tune": {"epochs": 10}},
+           "original": {"test_accuracy": 0.8800},
+           "finetuned": [{"flops_reduction": 0.531, "criterion": "l1", "allocation": "global",
+                          "flops_ratio": 0.5, "test_accuracy": 0.8790,
+                          "model": "resnet56/models/structured_53.1.keras"}],
+           "litert_timings": [{"label": "Some CPU", "machine": {"cpu": "Some CPU"},
+                               "models": {"-53.1%": {"ratio": 0.5}}}]}
+    table = report.published_table(run, {"structured_53.1.keras": 0.8750})
+    assert "| DepGraph (group_sl) (published) | 93.53% | 93.77% | +0.24 | 2.13× |" in table
+    assert ("| ours: filters removed (l1, global, 10 epochs fine-tuned) | 88.00% | 87.90% "
+            "| -0.10 | 2.00× | 0.500 (2.00× faster; Some CPU) |") in table
+    assert "| ours: the same architecture from scratch (Scratch-B) | 88.00% | 87.50% | -0.50 |" \
+        in table
