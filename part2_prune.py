@@ -202,7 +202,8 @@ def fine_tune_at(run, model_path, sparsity, splits):
     `sparsity` (`pruning.fine_tune_pruned`), the dense model as teacher; save
     it and measure its size. Every accuracy on the validation split."""
     from common import evaluation, measure, models, pruning
-    model = models.load_classifier(model_path)
+    from common.structured import flattened
+    model = flattened(models.load_classifier(model_path))
     dense_weights, dense_kernels = model.get_weights(), pruning.kernels_of(model)
     masks = masks_at(model, "global", sparsity)
     pruning.apply_masks(model, masks)
@@ -219,7 +220,7 @@ def fine_tune_at(run, model_path, sparsity, splits):
     recipe = {k: v for k, v in run.settings["fine_tune"].items() if k != "gradual"}
     name = f"pruned_{sparsity_name(sparsity)}"
     records = pruning.fine_tune_pruned(
-        model, models.load_classifier(model_path), sparsity, splits.train, splits.validation,
+        model, flattened(models.load_classifier(model_path)), sparsity, splits.train, splits.validation,
         recipe, run.settings["fine_tune"]["gradual"], run.settings["seed"],
         backup_dir=os.path.join(run.paths["checkpoints"], f"{name}-{run.label}"))
     row = {"sparsity": sparsity, "measured_sparsity": pruning.sparsity(model),

@@ -289,7 +289,7 @@ class _Reader:
             layer = operations[entry["name"]]
             for k, inbound in enumerate(entry["inbound_nodes"]):
                 def ref(t):
-                    return made[tuple(t["config"]["keras_history"])]
+                    return made[_listed(t["config"]["keras_history"], made)]
                 args = _map_tensors(inbound["args"], ref)
                 kwargs = _map_tensors(inbound.get("kwargs", {}), ref)
                 out = self.call(layer, args, kwargs, scope)
@@ -297,7 +297,18 @@ class _Reader:
                     made[(entry["name"], k, i)] = tensor
         outputs = config["output_layers"]
         outputs = outputs if isinstance(outputs[0], list) else [outputs]
-        return [made[tuple(o)] for o in outputs]
+        return [made[_listed(o, made)] for o in outputs]
+
+
+def _listed(history, made):
+    """The key of `made` a tensor reference (layer name, node index, tensor
+    index) of a model's config names. A nested functional model has a node of
+    its own (its construction) before its calls, which the config counts in
+    the reference but does not list among its inbound nodes."""
+    name, node, index = history
+    if (name, node, index) not in made and (name, node - 1, index) in made:
+        return (name, node - 1, index)
+    return (name, node, index)
 
 
 # ---- the rules -------------------------------------------------------------------

@@ -218,7 +218,8 @@ def start(results_file, args, settings, schema=None, model=True, validation=True
     model that fails. `settings(model_sha256, data_id)` -> the run's settings.
 
     Returns (run, splits, model_path); model_path is None without `model`.
-    The model as loaded and checked is `run.model` (None without one).
+    The model as loaded (nested models opened up: `structured.flattened`) and
+    checked is `run.model` (None without one).
     """
     folder = args.output_dir or cli.REPO_ROOT  # a bad folder or results file fails first
     cli.output_paths(folder)
@@ -229,7 +230,8 @@ def start(results_file, args, settings, schema=None, model=True, validation=True
     loaded = None
     if model_path:   # a model that will not load fails here, before a folder is made
         from common.models import load_classifier
-        loaded = load_classifier(model_path)
+        from common.structured import flattened
+        loaded = flattened(load_classifier(model_path))
         if check:
             check(loaded, model_path)
     digest = file_digest(model_path) if model_path else None

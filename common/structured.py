@@ -33,6 +33,16 @@ def graph(model):
     return _GRAPHS[model]
 
 
+def flattened(model):
+    """`model` itself, or, where it holds nested models (a keras.applications
+    backbone inside a classifier), a copy with every layer at one level: the
+    same layers and weights, the same outputs (`channels.remove` keeping
+    every channel), so that each layer can be named."""
+    if not any(isinstance(layer, keras.Model) for layer in model.layers):
+        return model
+    return channels.remove(channels.build(model), {})
+
+
 def prunable_convs(model):
     """Names of the groups of conv channels that can be removed, in model
     order: in a chain CNN, the trainable channels-last convs (a frozen conv,

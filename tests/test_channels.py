@@ -207,6 +207,23 @@ def test_a_nested_model_is_opened_up():
                                flat_zeroed.predict(x, verbose=0), atol=1e-5)
 
 
+def test_a_nested_model_whose_output_is_the_model_s_is_opened_up():
+    """Model(inputs, backbone(preprocess(inputs))): the config names the
+    backbone's call as its node 1 (its node 0 is its own construction)."""
+    keras.utils.set_random_seed(8)
+    inner_in = keras.Input((8, 8, 3))
+    inner = keras.Model(inner_in, head(layers.Conv2D(4, 3, name="conv")(inner_in)), name="net")
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, inner(layers.Rescaling(2.0, name="scale")(inputs)))
+    graph = channels.build(model)
+    assert graph.nested and sorted(graph.groups) == ["conv"]
+    smaller = channels.remove(graph, {"conv": [0, 3]})
+    x = images()
+    twin = channels.zero_removed(graph, {"conv": [0, 3]})
+    np.testing.assert_allclose(smaller.predict(x, verbose=0), twin.predict(x, verbose=0),
+                               atol=1e-5)
+
+
 def head_of(model, inner, inputs):
     """`model`'s outputs recomputed with `inner`'s layers called one by one."""
     x = model.get_layer("stem")(inputs)

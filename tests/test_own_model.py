@@ -162,3 +162,19 @@ def test_a_pruned_resnet_equals_its_zeroed_twin(resnet_file):
                                atol=1e-5)
     assert structured.flops_after(model, counts) <= 0.6 * structured.flops_after(model, {})
     assert os.path.exists(resnet_file)
+
+
+def test_a_backbone_nested_in_a_classifier_is_opened_up(tiny_cifar, tmp_path):
+    """A keras.applications-style model (a functional backbone called inside
+    another model): its convs are found by name (Tucker-2 here)."""
+    import part3_tucker
+    keras.utils.set_random_seed(0)
+    backbone = models.cifar_resnet(8, widths=(4, 8, 8))
+    inputs = keras.Input((32, 32, 3))
+    path = str(tmp_path / "wrapped.keras")
+    keras.Model(inputs, backbone(layers.Rescaling(1.0)(inputs))).save(path)
+    argv = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path / "p3"), "--model", path,
+            "--k", "4", "--fine-tune", "0"]
+    assert cli.run_main(part3_tucker.main, argv) == 0
+    (row,) = stored_run(str(tmp_path / "p3"), "part3")["sweep"]
+    assert "stage1_block1_conv1" in row["ranks"]
