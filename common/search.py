@@ -192,10 +192,8 @@ def measured_alone(space, index):
     """The choices whose loss is measured alone at conv `index`: every one at
     the conv that chooses its group's share, the ranks at full share at the
     others (`choice_loss`)."""
-    conv = space.convs[index]
-    choices = [(k, r) for k in space.keeps for r in conv.rank_shares] if conv.chooses \
-        else [(1.0, r) for r in conv.rank_shares]
-    return [choice for choice in choices if choice != IDENTITY]
+    full = {space.convs[index].makes: 1.0}      # a follower's share, the chooser's aside
+    return [choice for choice in space.choices(index, full) if choice != IDENTITY]
 
 
 def choice_loss(space, losses, index, choice):
