@@ -179,3 +179,26 @@ def test_fit_resumable_evaluates_every_nth_epoch_and_the_last(tmp_path, capsys):
     assert "test_accuracy" in lines[1] and "test_accuracy" not in lines[0]
     assert not any("val_" in line for line in lines)
     assert all(r["test_loss"] is None for r in records if r["epoch"] not in tested)
+
+@pytest.mark.parametrize("momentum, reestimated", [(0.99, True), (0.6, False)])
+def test_a_short_fine_tune_ends_with_batch_norm_statistics_of_its_weights(momentum,
+                                                                          reestimated):
+    """0.99 ** 10 steps leaves 90% of the old statistics: re-estimated, the
+    moving mean is the batch norm's input mean over the training images,
+    computed here with numpy; 0.6 ** 10 leaves 0.6%: left as training made it."""
+    from common.finetune import fine_tune
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.Conv2D(3, 1, use_bias=False, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(momentum=momentum, name="bn")(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(
+        keras.layers.Flatten()(x)))
+    rng = np.random.default_rng(0)
+    images = rng.normal(2.0, 1.0, size=(40, 4, 4, 3)).astype("float32")
+    labels = np.eye(10, dtype="float32")[rng.integers(0, 10, 40)]
+    fine_tune(model, (images, labels), None, epochs=1, batch_size=4, max_shift=0,
+              precision="float32", verbose=0)
+    kernel = keras.ops.convert_to_numpy(model.get_layer("conv").kernel)[0, 0]
+    mean = (images.reshape(-1, 3).astype("float64") @ kernel).mean(axis=0)
+    moving = keras.ops.convert_to_numpy(model.get_layer("bn").moving_mean)
+    assert np.allclose(moving, mean, rtol=1e-4, atol=1e-5) == reestimated
