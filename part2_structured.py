@@ -358,6 +358,8 @@ def main(argv=None):
     if "original" not in run.find():
         run.update(lambda r: r.update(original={
             "validation_accuracy": accuracy_on(model, splits.validation)}))
+    print(f"scoring each group's channels by {', '.join(run.settings['criteria'])} "
+          f"({run.settings['importance_images']:,} training images) ...", flush=True)
     scores = importance(model, names, splits.train[0][:run.settings["importance_images"]],
                         run.settings["criteria"])
     curves = sensitivity_sweep(run, model, scores, splits)

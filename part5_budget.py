@@ -162,6 +162,8 @@ class Search:
         self.deployed = fold_batchnorm(reference)[0]
         self.space = search.space(reference, run.settings["keeps"], run.settings["ranks"])
         self.convs = [conv.name for conv in self.space.convs]
+        print(f"scoring {len(self.space.sizes)} groups' channels by activation "
+              f"({run.settings['importance_images']:,} training images) ...", flush=True)
         self.scores = structured.activation_importance(
             reference, list(self.space.sizes), splits.train[0][:run.settings["importance_images"]])
         self.calibration = self._calibration_images()

@@ -79,8 +79,8 @@ def time_interleaved(runners, inputs, repeats=5, seed=0, progress=False):
     ----------
     runners : dict name -> callable(one input), returning when its work is done
     inputs : sequence of inputs (batches)
-    progress : show Keras' Progbar over the rounds (a bar with ETA in a
-        terminal, one line at the end in a log)
+    progress : say what it does: a line for the warm-up, then Keras' Progbar
+        over the rounds (a bar with ETA in a terminal, a line a round in a log)
 
     Returns
     -------
@@ -88,14 +88,19 @@ def time_interleaved(runners, inputs, repeats=5, seed=0, progress=False):
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
+    if progress:
+        print(f"warming up {len(runners)} runners (one untimed pass each), then {repeats} "
+              "timed rounds ...", flush=True)
     for run in runners.values():
         for x in inputs:
             run(x)
     order = list(runners)
     rng = random.Random(seed)
     seconds = {name: [] for name in order}
-    bar = keras.utils.Progbar(repeats, verbose=(1 if sys.stdout.isatty() else 2) if progress
-                              else 0, unit_name="round")
+    terminal = sys.stdout.isatty()
+    bar = keras.utils.Progbar(repeats, verbose=1 if progress and terminal else 0,
+                              unit_name="round")
+    began = time.perf_counter()
     for done in range(1, repeats + 1):
         rng.shuffle(order)
         for name in order:
@@ -105,6 +110,9 @@ def time_interleaved(runners, inputs, repeats=5, seed=0, progress=False):
                 run(x)
             seconds[name].append(time.perf_counter() - start)
         bar.update(done)
+        if progress and not terminal:   # a log: a line a round, with the time left
+            left = (time.perf_counter() - began) / done * (repeats - done)
+            print(f"round {done}/{repeats}, {left:.0f} s left", flush=True)
     return seconds
 
 
