@@ -14,7 +14,7 @@ once on the test set.
 
     python part2_prune.py                              # everything (~50 min on 2 cores)
     python part2_prune.py --layers block1_conv1 --rates 0 0.5 0.9 --sparsities 0.5 0.9 \\
-        --fine-tune-epochs 0                           # a quick run (~3 min)
+        --fine-tune-epochs 0                           # quick (1.6 min, AMD EPYC)
     python part2_prune.py --plot-only                  # redraw figures from the JSON
 
 Whole filters removed instead (a smaller, faster dense network): part2_structured.py.

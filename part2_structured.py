@@ -16,7 +16,7 @@ with the original on this machine in Keras (batch 256) and in LiteRT
 (float32, batch 1, 1 thread).
 
     python part2_structured.py                     # everything (~50 min on 2 CPU cores)
-    python part2_structured.py --flops-reductions 0.5 --fine-tune-epochs 0   # quick (~5 min)
+    python part2_structured.py --flops-reductions 0.5 --fine-tune-epochs 0   # quick (6 min, AMD EPYC)
     python part2_structured.py --plot-only         # redraw the figure from the JSON
 
 The model is models/reference.keras of --output-dir, else the repository's;
