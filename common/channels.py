@@ -643,7 +643,8 @@ def _replay(graph, make, first, outputs=None):
         out = built[key](*args, **kwargs)
         for t, value in zip(node.outputs, keras.tree.flatten(out)):
             tensors[t] = value
-    return keras.Model([tensors[t] for t in graph.inputs],
+    inputs = [tensors[t] for t in graph.inputs]
+    return keras.Model(inputs[0] if len(inputs) == 1 else inputs,   # called as it was built
                        [tensors[t] for t in (graph.outputs if outputs is None else outputs)],
                        name=graph.model.name)
 
