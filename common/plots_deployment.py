@@ -150,20 +150,34 @@ def plot_budget_choices(run, path):
     front = sorted(run["front"], key=lambda r: -r["budget"])
     convs = list(front[0]["layers"])
     keep = [[row["layers"][c]["keep"] for c in convs] for row in front]
-    fig, ax = plt.subplots(figsize=(1.4 * len(convs) + 2.5, 0.55 * len(front) + 2))
-    image = ax.imshow(keep, cmap="Greens", vmin=0, vmax=1, aspect="auto")
+    tall = len(convs) > 12    # a deep network's convs go down the page, budgets across
+    if tall:
+        fig, ax = plt.subplots(figsize=(1.3 * len(front) + 4, 0.28 * len(convs) + 2))
+        image = ax.imshow(list(map(list, zip(*keep))), cmap="Greens", vmin=0, vmax=1,
+                          aspect="auto")
+    else:
+        fig, ax = plt.subplots(figsize=(1.4 * len(convs) + 2.5, 0.55 * len(front) + 2))
+        image = ax.imshow(keep, cmap="Greens", vmin=0, vmax=1, aspect="auto")
     for i, row in enumerate(front):
         for j, conv in enumerate(convs):
             layer = row["layers"][conv]
             text = f"{layer['widths'][1]} filters" + (
-                "" if layer["rank"] is None else f"\nTucker {layer['rank']:g}")
-            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                "" if layer["rank"] is None else ("," if tall else "\n")
+                + f" Tucker {layer['rank']:g}")
+            ax.text(*((i, j) if tall else (j, i)), text, ha="center", va="center",
+                    fontsize=6 if tall else 7,
                     color="white" if layer["keep"] > 0.6 else "black")
-    ax.set_xticks(range(len(convs)), convs, fontsize=8, rotation=20)
-    ax.set_yticks(range(len(front)), [f"≤ {r['budget']:g}" for r in front], fontsize=8)
-    ax.set(xlabel="conv layer (input side first)", ylabel="latency budget",
-           title=f"Choices per layer ({front[0]['precision']}), "
-                 f"{machine_label(run['settings']['machine'])}")
+    budgets = [f"≤ {r['budget']:g}" for r in front]
+    if tall:
+        ax.set_xticks(range(len(front)), budgets, fontsize=8)
+        ax.set_yticks(range(len(convs)), convs, fontsize=7)
+        ax.set(xlabel="latency budget", ylabel="conv layer (input side first)")
+    else:
+        ax.set_xticks(range(len(convs)), convs, fontsize=8, rotation=20)
+        ax.set_yticks(range(len(front)), budgets, fontsize=8)
+        ax.set(xlabel="conv layer (input side first)", ylabel="latency budget")
+    ax.set_title(f"Choices per layer ({front[0]['precision']}),"
+                 + ("\n" if tall else " ") + machine_label(run["settings"]["machine"]))
     fig.colorbar(image, ax=ax, label="share of filters kept", shrink=0.8)
     footnote(fig, settings_line(run))
     return save(fig, path)
