@@ -232,8 +232,6 @@ def build_resnet(config, train_size):
 def export_classifier(classifier, config):
     """The float32 form of a trained classifier, standard layers only, no
     regularizer: what Parts 2-5 load."""
-    import keras
-
     from common import models
     if config["model"] == "reference":
         return models.export_reference(classifier, config["widths"])
@@ -241,12 +239,8 @@ def export_classifier(classifier, config):
         model = models.reinitialized(classifier, "float32")
         model.set_weights(classifier.get_weights())
         return model
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
+    with precision.policy("float32"):
         model = models.cifar_resnet(config["depth"])
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
     model.set_weights(classifier.get_weights())
     return model
 
@@ -280,39 +274,38 @@ def run_experiment(run, name, config, splits):
     Each epoch's record is stored as it ends. Steps 4-7 are evaluated on the
     test set after every epoch (the study's curves); the reference on the
     validation split, the test set read once when it is saved."""
-    import keras
-
     from common.training import fit_resumable, merge_epoch, set_seed
 
     set_seed(config["seed"])
-    keras.mixed_precision.set_global_policy(config.get("precision", "float32"))
-    model, classifier, callbacks = build_model(config, splits.train[0])
-    held_out = "validation" if splits.validation is not None else "test"
+    # the policy is global in Keras: set for this model, put back after it
+    with precision.policy(config.get("precision", "float32")):
+        model, classifier, callbacks = build_model(config, splits.train[0])
+        held_out = "validation" if splits.validation is not None else "test"
 
-    def on_record(record):
-        run.update(lambda stored: stored["experiments"][name].update(
-            epochs=merge_epoch(stored["experiments"][name]["epochs"], record)))
+        def on_record(record):
+            run.update(lambda stored: stored["experiments"][name].update(
+                epochs=merge_epoch(stored["experiments"][name]["epochs"], record)))
 
-    fit_resumable(model, splits.train,
-                  splits.validation if held_out == "validation" else splits.test(),
-                  epochs=config["epochs"], batch_size=config["batch_size"],
-                  backup_dir=os.path.join(run.paths["checkpoints"],
-                                          f"part1_{name}-{run.label}"),
-                  on_record=on_record, callbacks=callbacks, evaluated_on=held_out)
-    entry = run.find()["experiments"][name]
-    final = {f"final_{held_out}_accuracy": entry["epochs"][-1][f"{held_out}_accuracy"]}
-    if config.get("validation"):
-        info = save_reference(classifier, config, entry, splits, run.paths, name)
-        final["final_test_accuracy"] = info["test_accuracy"]
-        print(f"{name}: {info['validation_accuracy']:.4f} validation accuracy, "
-              f"{info['test_accuracy']:.4f} test accuracy "
-              f"({info['test_accuracy_flip_tta']:.4f} with flip TTA, "
-              f"{info['test_accuracy_flip_translate_tta']:.4f} with flip + translate TTA), "
-              f"{info['training_seconds']:.0f} s of training")
-    else:
-        classifier.save(os.path.join(run.paths["models"], f"part1_{name}.keras"))
-    return run.update(lambda stored: stored["experiments"][name].update(
-        **final, complete=True))["experiments"][name]
+        fit_resumable(model, splits.train,
+                      splits.validation if held_out == "validation" else splits.test(),
+                      epochs=config["epochs"], batch_size=config["batch_size"],
+                      backup_dir=os.path.join(run.paths["checkpoints"],
+                                              f"part1_{name}-{run.label}"),
+                      on_record=on_record, callbacks=callbacks, evaluated_on=held_out)
+        entry = run.find()["experiments"][name]
+        final = {f"final_{held_out}_accuracy": entry["epochs"][-1][f"{held_out}_accuracy"]}
+        if config.get("validation"):
+            info = save_reference(classifier, config, entry, splits, run.paths, name)
+            final["final_test_accuracy"] = info["test_accuracy"]
+            print(f"{name}: {info['validation_accuracy']:.4f} validation accuracy, "
+                  f"{info['test_accuracy']:.4f} test accuracy "
+                  f"({info['test_accuracy_flip_tta']:.4f} with flip TTA, "
+                  f"{info['test_accuracy_flip_translate_tta']:.4f} with flip + translate TTA), "
+                  f"{info['training_seconds']:.0f} s of training")
+        else:
+            classifier.save(os.path.join(run.paths["models"], f"part1_{name}.keras"))
+        return run.update(lambda stored: stored["experiments"][name].update(
+            **final, complete=True))["experiments"][name]
 
 
 def run_settings(args, data_id):

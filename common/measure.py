@@ -21,6 +21,25 @@ def count_nonzero_params(model):
     return int(sum(np.count_nonzero(keras.ops.convert_to_numpy(w)) for w in model.weights))
 
 
+def layer_calls(model):
+    """(layer, output shape) for each call of each layer in `model`'s graph,
+    nested models opened up at the shapes they were built for. A model without
+    a graph (subclassed) gives each layer once, at its own output shape."""
+    # Keras keeps a functional graph's calls as nodes by depth (a Sequential
+    # through the functional model it builds); there is no public accessor.
+    graph = getattr(model, "_functional", None) or model
+    by_depth = getattr(graph, "_nodes_by_depth", None)
+    if by_depth is None:
+        yield from ((layer, layer.output.shape) for layer in leaf_layers(model))
+        return
+    for depth in sorted(by_depth, reverse=True):       # inputs first
+        for node in by_depth[depth]:
+            if isinstance(node.operation, keras.Model):
+                yield from layer_calls(node.operation)
+            elif not isinstance(node.operation, layers.InputLayer):
+                yield node.operation, node.output_tensors[0].shape
+
+
 def count_flops(model):
     """FLOPs of one forward pass of one image, counting a multiply-add as 2.
 
@@ -28,13 +47,14 @@ def count_flops(model):
     Conv2D costs out_h * out_w * kh * kw * (c / groups) * f multiply-adds, a
     DepthwiseConv2D out_h * out_w * kh * kw * c * multiplier, a
     SeparableConv2D its depthwise part plus out_h * out_w * c * multiplier * f,
-    a Dense c * f. Any other layer with a kernel raises ValueError naming it.
+    a Dense c * f; a layer called twice counts twice. Any other layer with a
+    kernel raises ValueError naming it.
     """
     macs = 0
-    for layer in leaf_layers(model):
+    for layer, shape in layer_calls(model):
         kind = type(layer)
         if kind in (layers.Conv2D, layers.DepthwiseConv2D, layers.SeparableConv2D):
-            _, out_h, out_w, f = layer.output.shape
+            _, out_h, out_w, f = shape
             kernel = layer.depthwise_kernel if kind is layers.SeparableConv2D else layer.kernel
             kh, kw, c, per = kernel.shape      # per: f (Conv2D) or the depth multiplier
             macs += out_h * out_w * kh * kw * c * per

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from common import precision
 from common.data import IMAGE_SHAPE, NUM_CLASSES
 
 
@@ -181,13 +182,9 @@ def reference_cnn(widths=(64, 256, 256), whitening=None, shift_lr_multiplier=Non
 def export_reference(trained, widths):
     """The float32, standard-layer form of a `reference_cnn(shift_lr_multiplier=m)`:
     each BN + ScaledShift pair becomes one BN whose beta is scale * b."""
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:  # passing the whitening weights keeps that layer frozen, as in training
+    with precision.policy("float32"):  # the whitening weights passed keep it frozen
         model = reference_cnn(widths, whitening=trained.get_layer("whiten").get_weights(),
                               bn_epsilon=trained.get_layer("block1_bn1").epsilon)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
     for layer in model.layers:
         if not layer.weights:
             continue

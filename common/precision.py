@@ -9,6 +9,7 @@ took 10.2x as long in bf16 (`bench/precision_speed.py`, README "Precision").
 "auto" therefore picks bf16 only where the hardware is known to compute it.
 """
 
+import contextlib
 import os
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
@@ -85,3 +86,16 @@ def resolve(precision):
     if precision == "auto":
         return "mixed_bfloat16" if native_bfloat16() else "float32"
     return precision
+
+
+@contextlib.contextmanager
+def policy(name):
+    """Keras' global dtype policy set to `name` inside the block and put back
+    after it, however the block ends (Keras has no scope for it)."""
+    import keras
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

@@ -53,17 +53,16 @@ def zeroed(model, made):
     return copy
 
 
-def check(model, keep, made, atol=1e-5, flops=True):
+def check(model, keep, made, atol=1e-5):
     """Removal equals zeroing; FLOPs from the graph equal Keras' count of the
-    pruned model (`measure.count_flops` counts a layer once: not for shared ones)."""
+    pruned model."""
     graph = channels.build(model)
     smaller = channels.remove(graph, keep)
     x = images(size=model.input_shape[1])
     np.testing.assert_allclose(smaller.predict(x, verbose=0),
                                zeroed(model, made).predict(x, verbose=0), atol=atol, rtol=0)
-    if flops:
-        assert channels.flops(graph, {k: len(v) for k, v in keep.items()}) == \
-            measure.count_flops(smaller)
+    assert channels.flops(graph, {k: len(v) for k, v in keep.items()}) == \
+        measure.count_flops(smaller)
     return graph, smaller
 
 
@@ -177,7 +176,7 @@ def test_a_layer_called_twice_ties_its_calls():
     graph = channels.build(model)
     assert sorted(graph.groups) == ["a", "shared"]       # a and b: one group, named first
     check(model, {"a": [1, 3], "shared": [0, 4]}, {"a": [0, 2], "b": [0, 2],
-                                                    "shared": [1, 2, 3]}, flops=False)
+                                                    "shared": [1, 2, 3]})
 
 
 def test_flatten_then_dense_reads_each_channel_at_every_position():

@@ -18,6 +18,18 @@ def test_flops_of_a_small_model_by_hand():
     assert measure.count_params(model) == (27 * 4 + 4) + (36 * 6 + 6) + (54 * 5 + 5)
 
 
+def test_a_layer_called_twice_counts_twice_and_nested_models_count():
+    conv = layers.Conv2D(4, 3, padding="same", name="shared")
+    big, small = keras.Input((8, 8, 3)), keras.Input((4, 4, 3))
+    pooled = [layers.GlobalAveragePooling2D()(conv(x)) for x in (big, small)]
+    model = keras.Model([big, small], layers.Dense(2)(layers.Concatenate()(pooled)))
+    macs = (8 * 8 + 4 * 4) * 3 * 3 * 3 * 4 + 8 * 2
+    assert measure.count_flops(model) == 2 * macs
+    inner = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(2, 1)])
+    outer = keras.Sequential([keras.Input((8, 8, 3)), layers.RandomFlip(), inner])
+    assert measure.count_flops(outer) == 2 * 8 * 8 * 3 * 2
+
+
 def test_nonzero_params_ignore_exact_zeros():
     model = keras.Sequential([keras.Input((4,)), layers.Dense(3)])
     kernel, bias = model.get_weights()

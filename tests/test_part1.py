@@ -66,7 +66,7 @@ def test_a_cifar_resnet_trains_held_out_and_saves_a_float32_classifier(
     assert entry["config"]["validation"]["validation"] == "train[90:100]"
     info = json.load(open(tmp_path / "models" / "resnet20.json"))
     assert info["training_images"] == 90 and sealed_test_set.state["reads"] == 1
-    keras.mixed_precision.set_global_policy("float32")     # as Parts 2-5 load it
+    assert keras.mixed_precision.global_policy().name == "float32"   # put back after training
     saved = keras.saving.load_model(tmp_path / "models" / "resnet20.keras", safe_mode=True)
     assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
     assert saved.count_params() == 274_042 and all(not layer.losses for layer in saved.layers)
@@ -90,7 +90,6 @@ def test_scratch_b_trains_a_pruned_architecture_from_fresh_weights(
                 "mixed_bfloat16", "--batch-size", "30"]) == 0
     entry = stored_run(tmp_path, "part1")["experiments"]["scratch-pruned_8"]
     assert entry["complete"] and entry["config"]["architecture_sha256"]
-    keras.mixed_precision.set_global_policy("float32")
     saved = keras.saving.load_model(tmp_path / "models" / "scratch-pruned_8.keras")
     assert [w.shape for w in saved.weights] == [w.shape for w in pruned.weights]
     assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}

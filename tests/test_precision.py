@@ -65,3 +65,12 @@ def test_tensorflow_cpu_needs_bfloat16_flags_and_onednn(monkeypatch):
     assert precision.native_bfloat16()
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")   # plain kernels emulate bf16
     assert not precision.native_bfloat16()
+
+
+def test_policy_is_set_inside_the_block_and_put_back_after_an_error():
+    assert keras.mixed_precision.global_policy().name == "float32"
+    with pytest.raises(RuntimeError):
+        with precision.policy("mixed_bfloat16"):
+            assert keras.layers.Dense(2).dtype_policy.compute_dtype == "bfloat16"
+            raise RuntimeError("the block fails")
+    assert keras.mixed_precision.global_policy().name == "float32"
