@@ -422,7 +422,7 @@ def finish(s, budget, chosen):
     is reused, its files checked."""
     import time
 
-    from common import deploy, evaluation, finetune, search
+    from common import deploy, evaluation, finetune, measure, search
     from common.results import file_digest
     name = f"budget_{budget:g}"
     same = [r for r in s.run.find().get("front", [])
@@ -455,7 +455,9 @@ def finish(s, budget, chosen):
            "precision": s.run.find()["precision"]["chosen"],
            "validation_accuracy": evaluation.accuracy(
                deploy.predict(flatbuffer, s.splits.validation[0]), s.splits.validation[1]),
-           "params": int(model.count_params()), "fine_tune_seconds": seconds,
+           "params": int(model.count_params()), "flops": measure.count_flops(model),
+           "flops_ratio": measure.count_flops(model) / measure.count_flops(s.reference),
+           "fine_tune_seconds": seconds,
            **saved, "tflite": cli.shown_path(path),
            "tflite_sha256": file_digest(path), **deploy.sizes(flatbuffer),
            "layers": {conv: {"keep": k, "rank": r, "widths": list(w[:2])} for conv, (k, r), w

@@ -2,6 +2,7 @@
 
 import matplotlib.pyplot as plt
 
+from common.methods import METHODS
 from common.plots import (CHANCE, METHOD_COLOURS, footnote, percent, save, settings_line,
                           zoom_panels)
 
@@ -249,3 +250,55 @@ def plot_structured(run, keras_timing, litert_timing, path, tucker=()):
     footnote(fig, "".join(f"Tucker-2 k = {k} ({100 * y:.2f}%, time {x:.3f}) is below the "
                            "axis; " for k, x, y in tucker if y < low) + settings_line(run))
     return save(fig, path, legend=keras_ax, ncol=3, bottom=0.12)
+
+
+def plot_published(published, base, rows, timed, path):
+    """Our models of one base beside published rows: accuracy change against
+    each one's own base over the multiply-add ratio, and (ours only: none of
+    them reports one) the LiteRT batch-1 speed-up measured on one machine.
+
+    published : (method, base, pruned, MACs ratio) tuples
+    base, rows, timed : `report.resnet56_rows`' output (rows of one machine)
+    """
+    fig, (acc_ax, speed_ax) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for i, (name, their_base, pruned, macs) in enumerate(published):
+        acc_ax.plot(macs, 100 * (pruned - their_base), "x", color="0.35", ms=7,
+                    label="published (official CIFAR-10)" if i == 0 else None)
+        acc_ax.annotate(name.split(" (")[0], (macs, 100 * (pruned - their_base)), fontsize=7,
+                        xytext=(5, 2 if i % 2 else -8), textcoords="offset points", color="0.35")
+    legends = {**{f: m.legend for f, m in METHODS.items()},
+               "scratch": "same architecture from scratch (Scratch-B)"}
+    seen = set()
+    for row in rows:
+        if row["accuracy"] is None:
+            continue
+        colour = METHOD_COLOURS["structured" if row["family"] == "scratch" else row["family"]]
+        hollow = row["family"] == "scratch"
+        acc_ax.plot(row["macs"], 100 * (row["accuracy"] - base), "o", color=colour,
+                    mfc="none" if hollow else colour,
+                    label=None if row["family"] in seen else f"ours: {legends[row['family']]}")
+        seen.add(row["family"])
+        for precision, marker in (("float32", "o"), ("int8", "D")):
+            if precision in row and not hollow:
+                speed_ax.plot(row["macs"], 1 / row[precision], marker, color=colour,
+                              mfc=colour if precision == "float32" else "none")
+    acc_ax.axhline(0, color="k", ls=":", lw=0.8)
+    acc_ax.set(xlabel="multiply-adds: base / model (×)",
+               ylabel="test accuracy − its own base (points)",
+               title=f"Accuracy (ours: base {100 * base:.2f}%, JPEG copy of CIFAR-10)")
+    top = max([r["macs"] for r in rows] + [m for *_, m in published] + [1]) * 1.05
+    speed_ax.plot([1, top], [1, top], "k--", lw=0.8, label="speed-up = multiply-add ratio")
+    speed_ax.plot([], [], "ko", label="float32")
+    speed_ax.plot([], [], "kD", mfc="none", label="int8")
+    speed_ax.set(xlabel="multiply-adds: base / model (×)",
+                 ylabel="LiteRT speed-up over the base's float32 (×)",
+                 title=f"LiteRT, batch 1, 1 thread, on {timed}" if timed else
+                 "LiteRT: not timed yet")
+    speed_ax.legend(fontsize=8)
+    for ax in (acc_ax, speed_ax):
+        ax.grid(alpha=0.3)
+    fig.suptitle("ResNet-56 on CIFAR-10: ours beside the published rows")
+    footnote(fig, "Published rows: github.com/VainF/Torch-Pruning, reproduce/readme.md (official "
+             "data, each against its own base); none reports latency. Ours: the JPEG copy of "
+             "CIFAR-10, each against our base; time ratios from one run of interleaved rounds.")
+    return save(fig, path, legend=acc_ax, ncol=3, bottom=0.16)

@@ -13,6 +13,8 @@ import json
 import os
 import sys
 
+import numpy as np
+
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -205,34 +207,119 @@ PUBLISHED_RESNET56 = [
     ("FPGM", 0.9359, 0.9326, 1.70)]
 
 
-def published_table(part2s, scratch=None):
-    """Our filter-removal rows (each fine-tuned model of a Part 2 structured
-    run) beside the published ones at their multiply-add ratios, every Δ
-    against its own base; ours add the LiteRT float32 time ratio on the
-    machine that timed them, and the Scratch-B row of each architecture
-    (`scratch`: file name of the pruned model -> test accuracy of the same
-    architecture trained from scratch), where there is one."""
-    out = ["| method | base | pruned | Δ | MACs ratio | LiteRT float32 time ratio |",
-           "|---|---|---|---|---|---|"]
-    for name, base, pruned, ratio in PUBLISHED_RESNET56:
-        out.append(f"| {name} (published) | {_pct(base)} | {_pct(pruned)} "
-                   f"| {_points(pruned, base)} | {ratio:.2f}× | not reported |")
-    base = part2s.get("original", {}).get("test_accuracy")
+def _deployed(part4, name):
+    """Part 4's timed rows of model `name`: a dict precision -> the dense row,
+    and the fewest bytes of its int8 flatbuffers (sparse-encoded or not)."""
+    rows = [r for r in (part4 or {}).get("models", []) if r["name"].split(" ")[0] == name]
+    int8 = [r["bytes"] for r in rows if r["precision"] == "int8"]
+    return ({r["precision"]: r for r in rows if not r["sparse"] and "latency" in r},
+            min(int8, default=None))
+
+
+def resnet56_rows(part2s, scratch=None, part2=None, part3=None, part5=None, part4=None):
+    """Our models of one base, for the table beside the published rows.
+
+    part2s : a Part 2 structured run (its original: the base; its fine-tuned
+        filter-removed models); part2, part3, part5, part4 : the magnitude
+        pruning, Tucker, search and LiteRT runs on the same base, or None
+    scratch : file name of a pruned model -> test accuracy of its architecture
+        trained from scratch (Scratch-B)
+    Returns (base test accuracy, rows, machine label of the timings or None).
+    Each row: family (common/methods.py, or "scratch"), method, test
+    accuracy (as its part measured it), macs (base
+    MACs / the model's), and where timed, float32 and int8 (LiteRT batch-1,
+    1-thread time / the base's float32: Part 4's run, else Part 2's own
+    float32 timing) and bytes (the smallest int8 flatbuffer).
+    """
+    rows, timed = [], None
+    if part4 and part4.get("models"):
+        timed = machine.label(part4["settings"]["machine"])
     litert = (machine.this_machine(part2s.get("litert_timings"))
-              or (part2s.get("litert_timings") or [{}])[-1])
-    for row in sorted(part2s.get("finetuned", []), key=lambda r: r["flops_reduction"]):
-        time = (litert.get("models") or {}).get(f"-{100 * row['flops_reduction']:g}%")
-        timed = "not timed" if time is None else \
-            f"{time['ratio']:.3f} ({1 / time['ratio']:.2f}× faster; {litert['label']})"
-        test = row.get("test_accuracy")
-        out.append(f"| ours: filters removed ({row['criterion']}, {row['allocation']}, "
-                   f"{part2s['settings']['fine_tune']['epochs']} epochs fine-tuned) | {_pct(base)} | {_pct(test)} | {_points(test, base)} "
-                   f"| {1 / row['flops_ratio']:.2f}× | {timed} |")
-        from_scratch = (scratch or {}).get(os.path.basename(row.get("model", "")))
+              or (part2s.get("litert_timings") or [None])[-1])
+
+    def add(family, method, accuracy, macs, name, key=None):
+        row = {"family": family, "method": method, "accuracy": accuracy, "macs": macs}
+        deployed, size = _deployed(part4, name)
+        for precision in ("float32", "int8"):
+            if precision in deployed:
+                row[precision] = deployed[precision]["latency"]["1"]["ratio"]
+        if size is not None:
+            row["bytes"] = size
+        if not timed and litert and key in litert.get("models", {}):
+            row["float32"] = litert["models"][key]["ratio"]
+        rows.append(row)
+        return row
+
+    epochs = part2s.get("settings", {}).get("fine_tune", {}).get("epochs")
+    for r in sorted(part2s.get("finetuned", []), key=lambda r: r["flops_reduction"]):
+        name = METHODS["structured"].file_name(r["flops_reduction"])
+        row = add("structured", f"filters removed ({r['criterion']}, {r['allocation']}, {epochs} epochs "
+                  "fine-tuned)", r.get("test_accuracy"), 1 / r["flops_ratio"], name,
+                  f"-{100 * r['flops_reduction']:g}%")
+        from_scratch = (scratch or {}).get(os.path.basename(r.get("model", "")))
         if from_scratch is not None:
-            out.append(f"| ours: the same architecture from scratch (Scratch-B) | {_pct(base)} "
-                       f"| {_pct(from_scratch)} | {_points(from_scratch, base)} "
-                       f"| {1 / row['flops_ratio']:.2f}× | as above |")
+            rows.append({**row, "family": "scratch",
+                         "method": "the same architecture from scratch (Scratch-B)",
+                         "accuracy": from_scratch})
+    for r in sorted((part2 or {}).get("finetune", []), key=lambda r: r["sparsity"]):
+        add("pruned", f"weights pruned, {100 * r['sparsity']:g}%, fine-tuned (zeros still multiplied)",
+            r.get("test_accuracy"), 1.0, METHODS["pruned"].file_name(r["sparsity"]))
+    for r in (part3 or {}).get("sweep", []):
+        add("tucker", f"Tucker-2, k = {r['k']}, fine-tuned", r.get("test_accuracy"),
+            part3["original"]["flops"] / r["flops"], f"tucker_k{r['k']}")
+    for r in sorted((part5 or {}).get("front", []), key=lambda r: -r["budget"]):
+        if "flops_ratio" in r:
+            add("search", f"searched for {r['budget']:g} of the time ({r['precision']})",
+                r.get("test_accuracy"), 1 / r["flops_ratio"],
+                METHODS["search"].file_name(r["budget"]))
+    if not timed and litert:
+        timed = litert["label"]
+    return part2s.get("original", {}).get("test_accuracy"), rows, timed
+
+
+def published_table(base, rows, timed):
+    """The published rows (PUBLISHED_RESNET56) and ours (`resnet56_rows`), every
+    Δ against its own base; ours with LiteRT time and size on `timed`."""
+    def ratio(value):
+        return "—" if value is None else f"{value:.3f} ({1 / value:.2f}× faster)"
+    out = [f"LiteRT: batch 1, 1 thread, time / the base's float32 time, on {timed}" if timed
+           else "LiteRT: not timed yet", "", "| method | base | pruned | Δ | MACs ratio | LiteRT float32 | LiteRT int8 "
+           "| int8 bytes |", "|---|---|---|---|---|---|---|---|"]
+    for name, their_base, pruned, macs in PUBLISHED_RESNET56:
+        out.append(f"| {name} (published) | {_pct(their_base)} | {_pct(pruned)} "
+                   f"| {_points(pruned, their_base)} | {macs:.2f}× | not reported | | |")
+    for row in rows:
+        size = f"{row['bytes']:,}" if "bytes" in row else "—"
+        out.append(f"| ours: {row['method']} | {_pct(base)} | {_pct(row['accuracy'])} "
+                   f"| {_points(row['accuracy'], base)} | {row['macs']:.2f}× "
+                   f"| {ratio(row.get('float32'))} | {ratio(row.get('int8'))} | {size} |")
+    return "\n".join(out)
+
+
+def seeds_table(part2s_runs, reduction):
+    """The base and the filter-removal row at `reduction` over seeds: each
+    seed's test accuracy, then the mean and the sample standard deviation.
+
+    part2s_runs : dict seed -> that seed's Part 2 structured run (its base
+        trained with the seed, the row fine-tuned with it)
+    """
+    out = ["| seed | base | filters removed | Δ |", "|---|---|---|---|"]
+    pairs = []
+    for seed, run in sorted(part2s_runs.items()):
+        row = next((r for r in run.get("finetuned", []) if r["flops_reduction"] == reduction
+                    and r.get("test_accuracy") is not None), None)
+        base = run.get("original", {}).get("test_accuracy")
+        if row is None or base is None:
+            continue
+        pairs.append((base, row["test_accuracy"]))
+        out.append(f"| {seed} | {_pct(base)} | {_pct(row['test_accuracy'])} "
+                   f"| {_points(row['test_accuracy'], base)} |")
+    if len(pairs) > 1:
+        bases, pruned = np.array(pairs).T
+        out.append(f"| mean ± sd (n = {len(pairs)}) | {100 * bases.mean():.2f} ± "
+                   f"{100 * bases.std(ddof=1):.2f}% | {100 * pruned.mean():.2f} ± "
+                   f"{100 * pruned.std(ddof=1):.2f}% | {100 * (pruned - bases).mean():+.2f} ± "
+                   f"{100 * (pruned - bases).std(ddof=1):.2f} |")
     return "\n".join(out)
 
 
@@ -358,6 +445,50 @@ def part5_table(part5):
     return "\n".join(lines)
 
 
+def _runs_on(output_dir, part, digest):
+    """The runs of results/<part>.json under `output_dir` made from the model
+    with `digest`, this machine's last."""
+    runs = [r for r in ResultsStore(os.path.join(output_dir, "results", f"{part}.json")).runs()
+            if r["settings"].get("model_sha256") == digest]
+    here = machine.identity()
+    return sorted(runs, key=lambda r: machine.same_machine(r["settings"].get("machine"), here))
+
+
+def resnet56_sections(output_dir, figure=None):
+    """For each Part 2 structured run on a resnet56.keras under `output_dir`:
+    our rows beside the published ones (with the Tucker, search, magnitude
+    pruning, LiteRT and Scratch-B runs made from the same base there) and,
+    where output_dir/seed*/ hold the same study for other seeds, the spread;
+    with `figure`, the comparison drawn to that path."""
+    scratch = {os.path.basename(info.get("config", {}).get("architecture", "")):
+               info["test_accuracy"] for info in map(read_json, glob.glob(os.path.join(
+                   output_dir, "models", "scratch-*.json")))}
+    out = []
+    for part2s in ResultsStore(os.path.join(output_dir, "results",
+                                            "part2_structured.json")).runs():
+        if os.path.basename(part2s.get("meta", {}).get("model", "")) != "resnet56.keras":
+            continue
+        digest = part2s["settings"]["model_sha256"]
+        others = {part: (_runs_on(output_dir, part, digest) or [None])[-1]
+                  for part in ("part2", "part3", "part5_budget", "part4")}
+        base, rows, timed = resnet56_rows(part2s, scratch, others["part2"], others["part3"],
+                                          others["part5_budget"], others["part4"])
+        out += ["ResNet-56 beside the published rows", "", published_table(base, rows, timed)]
+        seeds = {part2s["settings"]["seed"]: part2s}
+        for path in sorted(glob.glob(os.path.join(output_dir, "seed*", "results",
+                                                  "part2_structured.json"))):
+            for run in ResultsStore(path).runs():
+                seeds.setdefault(run["settings"]["seed"], run)
+        for reduction in sorted({r["flops_reduction"] for r in part2s.get("finetuned", [])}):
+            if len(seeds) > 1:
+                out += ["", f"Over seeds, filters removed at −{100 * reduction:g}% FLOPs",
+                        "", seeds_table(seeds, reduction)]
+        if figure:
+            from common.plots_compression import plot_published
+            out += ["", f"wrote {plot_published(PUBLISHED_RESNET56, base, rows, timed, figure)}"]
+    return out
+
+
 def run_heading(path, run, runs):
     """A line naming one run of several in a file: its label and settings."""
     shown = {k: v for k, v in run["settings"].items() if not k.endswith("sha256")}
@@ -370,6 +501,9 @@ def main(argv=None):
                                 "Markdown tables, beside the study's numbers.")
     parser.add_argument("--output-dir", metavar="DIR", default=REPO_ROOT,
                         help="folder holding results/ (default: the repository)")
+    parser.add_argument("--figure", metavar="PNG",
+                        help="also draw the ResNet-56 comparison with the published rows "
+                             "to this file, where --output-dir holds a ResNet-56 run")
     args = parser.parse_args(argv)
     held_out = {name: os.path.join(args.output_dir, "models", f"{name}.json")
                 for name in ("reference", "resnet56", "resnet20")}
@@ -384,12 +518,6 @@ def main(argv=None):
               if run.get("models") else [],
               "part5_budget": lambda run: [part5_table(run)]}
     printed = 0
-    scratch = {os.path.basename(info.get("config", {}).get("architecture", "")):
-               info["test_accuracy"] for info in map(read_json, glob.glob(os.path.join(
-                   args.output_dir, "models", "scratch-*.json")))}
-    tables["part2_structured"] = lambda run: [part2_structured_tables(run)] + (
-        ["", published_table(run, scratch)]
-        if os.path.basename(run.get("meta", {}).get("model", "")) == "resnet56.keras" else [])
     for part, make in tables.items():
         path = os.path.join(args.output_dir, "results", f"{part}.json")
         runs = ResultsStore(path).runs()
@@ -401,6 +529,8 @@ def main(argv=None):
                  if os.path.exists(path)}
         if part == "part1" and infos:  # the models Parts 2-5 compress
             print(held_out_table(infos), "", sep="\n")
+    for section in resnet56_sections(args.output_dir, args.figure):
+        print(section, "", sep="\n")
     if not printed:
         raise ValueError(f"{args.output_dir}: no results/part*.json with runs to tabulate")
     return 0

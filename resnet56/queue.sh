@@ -33,5 +33,9 @@ for seed in 1 2; do
     python part2_structured.py --model $OUT/seed$seed/models/resnet56.keras --seed $seed \
         --flops-reductions 0.531 --fine-tune-epochs 10 --output-dir $OUT/seed$seed
 done
-# 6. Magnitude pruning (weights zeroed: smaller files, no speed).
+# 6. Magnitude pruning (weights zeroed: smaller files, no speed), then Part 4
+#    again to deploy its models beside the others (every flatbuffer re-timed).
 python part2_prune.py --model $BASE --output-dir $OUT
+python part4_deploy.py --model $BASE --output-dir $OUT
+# 7. The table beside the published rows, the spread over seeds, and the figure.
+python common/report.py --output-dir $OUT --figure $OUT/figures/resnet56_published.png

@@ -45,18 +45,69 @@ def test_the_file_runs_from_any_folder(tmp_path):
     assert done.returncode == 2 and "no results/part*.json" in done.stderr  # not an ImportError
 
 
+def structured_run(seed, base, pruned, litert=True):
+    return {"settings": {"fine_tune": {"epochs": 10}, "seed": seed, "model_sha256": "abc"},
+            "meta": {"model": "models/resnet56.keras"},
+            "original": {"test_accuracy": base},
+            "finetuned": [{"flops_reduction": 0.531, "criterion": "l1", "allocation": "global",
+                           "flops_ratio": 0.5, "test_accuracy": pruned, "params": 400_000,
+                           "validation_accuracy_fine_tuned": pruned,
+                           "model": "resnet56/models/structured_53.1.keras"}],
+            "litert_timings": [{"label": "Some CPU", "machine": {"cpu": "Some CPU"},
+                                "models": {"-53.1%": {"ratio": 0.5}}}] if litert else []}
+
+
+def deployed(name, precision, ratio, size, sparse=False):
+    return {"name": f"{name} {precision}{' sparse' if sparse else ''}", "precision": precision,
+            "sparse": sparse, "bytes": size, "latency": {"1": {"ratio": ratio}}}
+
+
 def test_the_published_table_sets_our_rows_beside_theirs_by_hand():
-    from common import report
-    run = {"settings": {"fine_tune": {"epochs": 10}},
-           "original": {"test_accuracy": 0.8800},
-           "finetuned": [{"flops_reduction": 0.531, "criterion": "l1", "allocation": "global",
-                          "flops_ratio": 0.5, "test_accuracy": 0.8790,
-                          "model": "resnet56/models/structured_53.1.keras"}],
-           "litert_timings": [{"label": "Some CPU", "machine": {"cpu": "Some CPU"},
-                               "models": {"-53.1%": {"ratio": 0.5}}}]}
-    table = report.published_table(run, {"structured_53.1.keras": 0.8750})
+    base, rows, timed = report.resnet56_rows(structured_run(0, 0.8800, 0.8790),
+                                             {"structured_53.1.keras": 0.8750})
+    table = report.published_table(base, rows, timed)
     assert "| DepGraph (group_sl) (published) | 93.53% | 93.77% | +0.24 | 2.13× |" in table
     assert ("| ours: filters removed (l1, global, 10 epochs fine-tuned) | 88.00% | 87.90% "
-            "| -0.10 | 2.00× | 0.500 (2.00× faster; Some CPU) |") in table
+            "| -0.10 | 2.00× | 0.500 (2.00× faster) | — | — |") in table
     assert "| ours: the same architecture from scratch (Scratch-B) | 88.00% | 87.50% | -0.50 |" \
         in table
+    assert "on Some CPU" in table
+
+
+def test_part_4s_run_gives_float32_int8_and_the_smallest_int8_file():
+    part4 = {"settings": {"machine": {"cpu": "Other CPU", "features": ["avx2"]}},
+             "models": [deployed("structured_53.1", "float32", 0.4, 4000),
+                        deployed("structured_53.1", "int8", 0.1, 1000),
+                        deployed("pruned_90", "float32", 1.0, 4000),
+                        deployed("pruned_90", "int8", 0.25, 1000),
+                        deployed("pruned_90", "int8", 0.26, 300, sparse=True)]}
+    part2 = {"finetune": [{"sparsity": 0.9, "test_accuracy": 0.87}]}
+    part5 = {"front": [{"budget": 0.1, "precision": "int8", "test_accuracy": 0.86,
+                        "flops_ratio": 0.25}]}
+    base, rows, timed = report.resnet56_rows(structured_run(0, 0.88, 0.879), part2=part2,
+                                             part5=part5, part4=part4)
+    assert timed.startswith("Other") and [r["family"] for r in rows] == [
+        "structured", "pruned", "search"]
+    structured, pruned, search = rows
+    assert (structured["float32"], structured["int8"], structured["bytes"]) == (0.4, 0.1, 1000)
+    assert (pruned["macs"], pruned["int8"], pruned["bytes"]) == (1.0, 0.25, 300)
+    assert search["macs"] == 4.0 and "float32" not in search       # not deployed by Part 4
+
+
+def test_the_spread_over_seeds_by_hand(tmp_path, capsys):
+    runs = {0: structured_run(0, 0.880, 0.878), 1: structured_run(1, 0.884, 0.879),
+            2: structured_run(2, 0.876, 0.877)}
+    table = report.seeds_table(runs, 0.531)
+    # bases 88.0, 88.4, 87.6: mean 88.0, sd 0.4; deltas -0.2, -0.5, +0.1: mean -0.2, sd 0.3
+    assert "| mean ± sd (n = 3) | 88.00 ± 0.40% | 87.80 ± 0.10% | -0.20 ± 0.30 |" in table
+    for seed, run in runs.items():                      # the folder layout of resnet56/
+        folder = tmp_path / (f"seed{seed}" if seed else "")
+        os.makedirs(folder / "results", exist_ok=True)
+        ResultsStore(str(folder / "results" / "part2_structured.json")).update(
+            run["settings"], lambda stored, run=run: stored.update(
+                {k: v for k, v in run.items() if k != "settings"}))
+    figure = tmp_path / "published.png"
+    assert report.main(["--output-dir", str(tmp_path), "--figure", str(figure)]) == 0
+    out = capsys.readouterr().out
+    assert "| mean ± sd (n = 3) |" in out and "ResNet-56 beside the published rows" in out
+    assert figure.stat().st_size > 10_000
