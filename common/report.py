@@ -226,8 +226,8 @@ def resnet56_rows(part2s, scratch=None, part2=None, part3=None, part5=None, part
         trained from scratch (Scratch-B)
     Returns (base test accuracy, rows, machine label of the timings or None).
     Each row: family (common/methods.py, or "scratch"), method, test
-    accuracy (as its part measured it), macs (base
-    MACs / the model's), and where timed, float32 and int8 (LiteRT batch-1,
+    accuracy (as its part measured it), macs (base MACs / the model's), and
+    where timed, float32 and int8 (LiteRT batch-1,
     1-thread time / the base's float32: Part 4's run, else Part 2's own
     float32 timing) and bytes (the smallest int8 flatbuffer).
     """
@@ -253,20 +253,20 @@ def resnet56_rows(part2s, scratch=None, part2=None, part3=None, part5=None, part
     epochs = part2s.get("settings", {}).get("fine_tune", {}).get("epochs")
     for r in sorted(part2s.get("finetuned", []), key=lambda r: r["flops_reduction"]):
         name = METHODS["structured"].file_name(r["flops_reduction"])
-        row = add("structured", f"filters removed ({r['criterion']}, {r['allocation']}, {epochs} epochs "
-                  "fine-tuned)", r.get("test_accuracy"), 1 / r["flops_ratio"], name,
-                  f"-{100 * r['flops_reduction']:g}%")
+        row = add("structured", f"filters removed ({r['criterion']}, {r['allocation']}, "
+                  f"{epochs} epochs fine-tuned)", r.get("test_accuracy"), 1 / r["flops_ratio"],
+                  name, f"-{100 * r['flops_reduction']:g}%")
         from_scratch = (scratch or {}).get(os.path.basename(r.get("model", "")))
         if from_scratch is not None:
             rows.append({**row, "family": "scratch",
                          "method": "the same architecture from scratch (Scratch-B)",
                          "accuracy": from_scratch})
     for r in sorted((part2 or {}).get("finetune", []), key=lambda r: r["sparsity"]):
-        add("pruned", f"weights pruned, {100 * r['sparsity']:g}%, fine-tuned (zeros still multiplied)",
-            r.get("test_accuracy"), 1.0, METHODS["pruned"].file_name(r["sparsity"]))
+        add("pruned", f"weights pruned, {100 * r['sparsity']:g}%, fine-tuned (zeros still "
+            "multiplied)", r.get("test_accuracy"), 1.0, METHODS["pruned"].file_name(r["sparsity"]))
     for r in (part3 or {}).get("sweep", []):
         add("tucker", f"Tucker-2, k = {r['k']}, fine-tuned", r.get("test_accuracy"),
-            part3["original"]["flops"] / r["flops"], f"tucker_k{r['k']}")
+            part3["original"]["flops"] / r["flops"], METHODS["tucker"].file_name(r["k"]))
     for r in sorted((part5 or {}).get("front", []), key=lambda r: -r["budget"]):
         if "flops_ratio" in r:
             add("search", f"searched for {r['budget']:g} of the time ({r['precision']})",
@@ -282,9 +282,10 @@ def published_table(base, rows, timed):
     Δ against its own base; ours with LiteRT time and size on `timed`."""
     def ratio(value):
         return "—" if value is None else f"{value:.3f} ({1 / value:.2f}× faster)"
-    out = [f"LiteRT: batch 1, 1 thread, time / the base's float32 time, on {timed}" if timed
-           else "LiteRT: not timed yet", "", "| method | base | pruned | Δ | MACs ratio | LiteRT float32 | LiteRT int8 "
-           "| int8 bytes |", "|---|---|---|---|---|---|---|---|"]
+    heading = (f"LiteRT: batch 1, 1 thread, time / the base's float32 time, on {timed}"
+               if timed else "LiteRT: not timed yet")
+    out = [heading, "", "| method | base | pruned | Δ | MACs ratio | LiteRT float32 "
+           "| LiteRT int8 | int8 bytes |", "|---|---|---|---|---|---|---|---|"]
     for name, their_base, pruned, macs in PUBLISHED_RESNET56:
         out.append(f"| {name} (published) | {_pct(their_base)} | {_pct(pruned)} "
                    f"| {_points(pruned, their_base)} | {macs:.2f}× | not reported | | |")
@@ -486,6 +487,9 @@ def resnet56_sections(output_dir, figure=None):
         if figure:
             from common.plots_compression import plot_published
             out += ["", f"wrote {plot_published(PUBLISHED_RESNET56, base, rows, timed, figure)}"]
+    if figure and not out:
+        raise ValueError(f"--figure: no Part 2 structured run on a resnet56.keras in "
+                         f"{output_dir}/results: nothing to draw")
     return out
 
 

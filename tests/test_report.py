@@ -111,3 +111,13 @@ def test_the_spread_over_seeds_by_hand(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| mean ± sd (n = 3) |" in out and "ResNet-56 beside the published rows" in out
     assert figure.stat().st_size > 10_000
+
+
+def test_a_figure_without_a_resnet56_run_is_one_line(tmp_path, capsys):
+    os.makedirs(tmp_path / "results")
+    ResultsStore(str(tmp_path / "results" / "part1.json")).update(
+        {"seed": 0}, lambda run: run.update(part1_run(0.5)))
+    assert report.run_main(report.main, ["--output-dir", str(tmp_path), "--figure",
+                                         str(tmp_path / "f.png")]) == 2
+    assert "--figure: no Part 2 structured run on a resnet56.keras" in capsys.readouterr().err
+    assert not (tmp_path / "f.png").exists()
