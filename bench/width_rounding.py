@@ -67,10 +67,12 @@ def stage_widths(args):
                           measure.count_flops(cut) / measure.count_flops(base))
     images = np.random.default_rng(0).normal(
         size=(200, *base.input_shape[1:])).astype("float32")
-    keys = [(text, p) for text in variants for p in ("float32", "int8")]
-    flatbuffers = dict(zip([f"{t} {p}" for t, p in keys], deploy.to_flatbuffers(
-        [(variants[t][0], p, images[:50], False) for t, p in keys])))
-    seconds = deploy.time_per_image(flatbuffers, images, (1,), args.repeats)
+    flatbuffers, bar = {}, keras.utils.Progbar(2 * len(variants), unit_name="flatbuffer")
+    for text, (model, _) in variants.items():
+        for p in ("float32", "int8"):
+            flatbuffers[f"{text} {p}"] = deploy.to_flatbuffer(model, p, images[:50])
+            bar.add(1)
+    seconds = deploy.time_per_image(flatbuffers, images, (1,), args.repeats, progress=True)
     first = f"{args.stage_widths[0]} float32"
     print(f"LiteRT, batch 1, 1 thread, on {machine.label(machine.identity())}; {args.base} "
           f"cut to each stage's width; median time / {first}'s "
