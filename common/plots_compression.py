@@ -292,7 +292,7 @@ def plot_published(published, base, rows, timed, path):
     speed_ax.plot([], [], "kD", mfc="none", label="int8")
     speed_ax.set(xlabel="multiply-adds: base / model (×)",
                  ylabel="LiteRT speed-up over the base's float32 (×)",
-                 title=f"LiteRT, batch 1, 1 thread, on {timed}" if timed else
+                 title=f"LiteRT, batch 1, 1 thread\non {timed}" if timed else
                  "LiteRT: not timed yet")
     speed_ax.legend(fontsize=8)
     for ax in (acc_ax, speed_ax):

@@ -533,8 +533,9 @@ def main(argv=None):
                  if os.path.exists(path)}
         if part == "part1" and infos:  # the models Parts 2-5 compress
             print(held_out_table(infos), "", sep="\n")
-    for section in resnet56_sections(args.output_dir, args.figure):
-        print(section, "", sep="\n")
+    sections = resnet56_sections(args.output_dir, args.figure)
+    if sections:
+        print(*sections, "", sep="\n")
     if not printed:
         raise ValueError(f"{args.output_dir}: no results/part*.json with runs to tabulate")
     return 0
