@@ -446,7 +446,7 @@ def finish(s, budget, chosen):
                            **s.run.settings["fine_tune"])
         seconds = round(time.perf_counter() - start, 1)
         saved = s.run.save_model(model, name)
-    flatbuffer = s.flatbuffer(model)
+    flatbuffer, flops = s.flatbuffer(model), measure.count_flops(model)
     path = os.path.join(s.run.paths["models"], f"{name}.tflite")
     with open(path, "wb") as f:
         f.write(flatbuffer)
@@ -455,8 +455,8 @@ def finish(s, budget, chosen):
            "precision": s.run.find()["precision"]["chosen"],
            "validation_accuracy": evaluation.accuracy(
                deploy.predict(flatbuffer, s.splits.validation[0]), s.splits.validation[1]),
-           "params": int(model.count_params()), "flops": measure.count_flops(model),
-           "flops_ratio": measure.count_flops(model) / measure.count_flops(s.reference),
+           "params": int(model.count_params()), "flops": flops,
+           "flops_ratio": flops / measure.count_flops(s.reference),
            "fine_tune_seconds": seconds,
            **saved, "tflite": cli.shown_path(path),
            "tflite_sha256": file_digest(path), **deploy.sizes(flatbuffer),
