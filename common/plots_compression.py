@@ -173,22 +173,18 @@ def plot_compression_tradeoff(part2, part3, path, structured=None):
     def draw(ax):
         ax.plot(curve["nonzero_params"], curve["validation_accuracy_recalibrated"], "o:",
                 color=pruned, mfc="white", label="global pruning, batch norm re-estimated")
-        if finetune:
-            ax.plot([r["nonzero_params"] for r in finetune],
-                    [r["validation_accuracy_fine_tuned"] for r in finetune], "o-", color=pruned,
-                    label="global pruning + fine-tuned")
-        if sweep:
-            ax.plot([r["params"] for r in sweep],
-                    [r["validation_accuracy_recalibrated"] for r in sweep], "s:", color=tucker,
-                    mfc="white", label="Tucker-2 k = 1..8, batch norm re-estimated")
-        if tuned:
-            ax.plot([r["params"] for r in tuned],
-                    [r["validation_accuracy_fine_tuned"] for r in tuned], "s-", color=tucker,
-                    label="Tucker-2 + fine-tuned")
-        if removed:
-            ax.plot([r["params"] for r in removed],
-                    [r["validation_accuracy_fine_tuned"] for r in removed], "^-", color=filters,
-                    label="filters removed + fine-tuned")
+        for rows, x, y, style, colour, label in (
+                (finetune, "nonzero_params", "validation_accuracy_fine_tuned", "o-", pruned,
+                 "global pruning + fine-tuned"),
+                (sweep, "params", "validation_accuracy_recalibrated", "s:", tucker,
+                 "Tucker-2 k = 1..8, batch norm re-estimated"),
+                (tuned, "params", "validation_accuracy_fine_tuned", "s-", tucker,
+                 "Tucker-2 + fine-tuned"),
+                (removed, "params", "validation_accuracy_fine_tuned", "^-", filters,
+                 "filters removed + fine-tuned")):
+            if rows:
+                ax.plot([r[x] for r in rows], [r[y] for r in rows], style, color=colour,
+                        mfc="white" if ":" in style else None, label=label)
         ax.axhline(part2["dense"]["validation_accuracy"], color="k", ls="--", lw=0.8,
                    label="original")
         ax.set_xscale("log")

@@ -15,24 +15,25 @@ OUT=resnet56
 #    the base as teacher; Keras and LiteRT float32 time beside the base.
 python part2_structured.py --model $BASE --flops-reductions 0.531 0.611 \
     --fine-tune-epochs 10 --output-dir $OUT
-# 2. Scratch-B (Liu et al. 2019): each pruned architecture from fresh weights for
+# 2. Tucker-2 at the study's k = 4 (3 epochs of fine-tuning), then every model
+#    so far in LiteRT (Part 4).
+python part3_tucker.py --model $BASE --k 4 --output-dir $OUT
+python part4_deploy.py --model $BASE --output-dir $OUT
+# 3. Scratch-B (Liu et al. 2019): each pruned architecture from fresh weights for
 #    the base's 30 epochs x the MACs ratio + the 10 fine-tuning epochs.
 python part1_cnn.py --experiments resnet56 --output-dir $OUT --epochs 74 \
     --architecture $OUT/models/structured_53.1.keras
 python part1_cnn.py --experiments resnet56 --output-dir $OUT --epochs 87 \
     --architecture $OUT/models/structured_61.1.keras
-# 3. The latency-budget search over groups, on this machine (nothing else running).
-python part5_budget.py --model $BASE --latency-budget 0.5 0.3 0.2 0.1 \
-    --keeps 1 0.75 0.5 0.25 --ranks none 0.5 --output-dir $OUT
-# 4. Tucker-2 at the study's k = 4, and every model above in LiteRT (Part 4).
-python part3_tucker.py --model $BASE --k 4 --output-dir $OUT
-python part4_deploy.py --model $BASE --output-dir $OUT
-# 5. The spread: the base and the 2.13x row over seeds 1 and 2.
+# 4. The spread: the base and the 2.13x row over seeds 1 and 2.
 for seed in 1 2; do
     python part1_cnn.py --experiments resnet56 --seed $seed --output-dir $OUT/seed$seed
     python part2_structured.py --model $OUT/seed$seed/models/resnet56.keras --seed $seed \
         --flops-reductions 0.531 --fine-tune-epochs 10 --output-dir $OUT/seed$seed
 done
+# 5. The latency-budget search over groups, on this machine (nothing else running).
+python part5_budget.py --model $BASE --latency-budget 0.5 0.3 0.2 0.1 \
+    --keeps 1 0.75 0.5 0.25 --ranks none 0.5 --output-dir $OUT
 # 6. Magnitude pruning (weights zeroed: smaller files, no speed), then Part 4
 #    again to deploy its models beside the others (every flatbuffer re-timed).
 python part2_prune.py --model $BASE --output-dir $OUT
