@@ -261,8 +261,10 @@ def plot_published(published, base, rows, timed, path):
         acc_ax.plot(macs, 100 * (pruned - their_base), "x", color="0.35", ms=7,
                     label="published (official CIFAR-10)" if i == 0 else None)
         acc_ax.annotate(name.split(" (")[0], (macs, 100 * (pruned - their_base)), fontsize=7,
-                        xytext=(5, 2 if i % 2 else -8), textcoords="offset points", color="0.35")
+                        xytext=(-5, 2) if i % 2 else (5, -8), ha="right" if i % 2 else "left",
+                        textcoords="offset points", color="0.35")
     legends = {**{f: m.legend for f, m in METHODS.items()},
+               "original": "the base, deployed as it is",
                "scratch": "same architecture from scratch (Scratch-B)"}
     seen = set()
     for row in rows:

@@ -225,7 +225,8 @@ def resnet56_rows(part2s, scratch=None, part2=None, part3=None, part5=None, part
     scratch : file name of a pruned model -> test accuracy of its architecture
         trained from scratch (Scratch-B)
     Returns (base test accuracy, rows, machine label of the timings or None).
-    Each row: family (common/methods.py, or "scratch"), method, test
+    Each row (the base itself first, where Part 4 deployed it): family
+    (common/methods.py, or "scratch"), method, test
     accuracy (as its part measured it), macs (base MACs / the model's), and
     where timed, float32 and int8 (LiteRT batch-1,
     1-thread time / the base's float32: Part 4's run, else Part 2's own
@@ -250,6 +251,9 @@ def resnet56_rows(part2s, scratch=None, part2=None, part3=None, part5=None, part
         rows.append(row)
         return row
 
+    base = part2s.get("original", {}).get("test_accuracy")
+    if _deployed(part4, "original")[0]:                  # what int8 alone buys
+        add("original", "the base, deployed as it is", base, 1.0, "original")
     epochs = part2s.get("settings", {}).get("fine_tune", {}).get("epochs")
     for r in sorted(part2s.get("finetuned", []), key=lambda r: r["flops_reduction"]):
         name = METHODS["structured"].file_name(r["flops_reduction"])
@@ -274,7 +278,7 @@ def resnet56_rows(part2s, scratch=None, part2=None, part3=None, part5=None, part
                 METHODS["search"].file_name(r["budget"]))
     if not timed and litert:
         timed = litert["label"]
-    return part2s.get("original", {}).get("test_accuracy"), rows, timed
+    return base, rows, timed
 
 
 def published_table(base, rows, timed):

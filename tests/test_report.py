@@ -76,7 +76,9 @@ def test_the_published_table_sets_our_rows_beside_theirs_by_hand():
 
 def test_part_4s_run_gives_float32_int8_and_the_smallest_int8_file():
     part4 = {"settings": {"machine": {"cpu": "Other CPU", "features": ["avx2"]}},
-             "models": [deployed("structured_53.1", "float32", 0.4, 4000),
+             "models": [deployed("original", "float32", 1.0, 16000),
+                        deployed("original", "int8", 0.3, 4000),
+                        deployed("structured_53.1", "float32", 0.4, 4000),
                         deployed("structured_53.1", "int8", 0.1, 1000),
                         deployed("pruned_90", "float32", 1.0, 4000),
                         deployed("pruned_90", "int8", 0.25, 1000),
@@ -87,8 +89,9 @@ def test_part_4s_run_gives_float32_int8_and_the_smallest_int8_file():
     base, rows, timed = report.resnet56_rows(structured_run(0, 0.88, 0.879), part2=part2,
                                              part5=part5, part4=part4)
     assert timed.startswith("Other") and [r["family"] for r in rows] == [
-        "structured", "pruned", "search"]
-    structured, pruned, search = rows
+        "original", "structured", "pruned", "search"]
+    original, structured, pruned, search = rows
+    assert (original["accuracy"], original["macs"], original["int8"]) == (0.88, 1.0, 0.3)
     assert (structured["float32"], structured["int8"], structured["bytes"]) == (0.4, 0.1, 1000)
     assert (pruned["macs"], pruned["int8"], pruned["bytes"]) == (1.0, 0.25, 300)
     assert search["macs"] == 4.0 and "float32" not in search       # not deployed by Part 4
