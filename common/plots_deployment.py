@@ -1,7 +1,7 @@
 """Parts 4 and 5's figures: LiteRT deployment and the latency-budget search."""
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import FormatStrFormatter, PercentFormatter
+from matplotlib.ticker import FormatStrFormatter
 
 from common.machine import label as machine_label
 from common.plots import (FAMILY_NAMES, METHOD_COLOURS, PRECISION_MARKERS, footnote, percent,
@@ -38,14 +38,14 @@ def plot_deployment(results, path):
                     label = point_label(row)
                     if label:
                         ax.annotate(label, (x_of(row), row["test_accuracy"]), fontsize=7,
-                                    color=colour, xytext=(4, 5 if i % 2 else -10),
-                                    textcoords="offset points")
+                                    color=colour, xytext=(4, 5) if i % 2 else (-4, -10),
+                                    ha="left" if i % 2 else "right", textcoords="offset points")
             if star:
                 ax.axvline(x_of(members[0]), color="k", ls=":", lw=0.8)
                 ax.axhline(members[0]["test_accuracy"], color="k", ls=":", lw=0.8)
         ax.set_xscale("log")
         xs = [x_of(r) for r in rows]
-        lo, hi = min(xs) / 1.15, max(xs) * 1.15
+        lo, hi = min(xs) / 1.3, max(xs) * 1.15     # room for a label left of a point
         ax.set_xticks([t for t in (0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 3, 5, 10, 20) if lo <= t <= hi])
         ax.set_xlim(lo, hi)
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
@@ -53,7 +53,7 @@ def plot_deployment(results, path):
         ax.set(xlabel=xlabel)
         ax.grid(alpha=0.3, which="both")
     time_ax.set(ylabel="test accuracy (LiteRT)")
-    time_ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=1))
+    percent(time_ax)
     families = {row["family"] for row in rows}
     handles = [plt.Line2D([], [], ls="", marker="*", ms=12, color="k",
                           label="original, float32 (dotted lines)")]
