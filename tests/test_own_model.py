@@ -60,6 +60,23 @@ def test_tucker_decomposes_the_convs_inside_residual_blocks(tiny_cifar, resnet_f
     assert "study" not in capsys.readouterr().out      # the study's rows: the reference's only
 
 
+def test_magnitude_pruning_reaches_the_convs_inside_residual_blocks(tiny_cifar, resnet_file,
+                                                                   tmp_path):
+    import part2_prune
+    argv = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--model", resnet_file,
+            "--rates", "0", "0.5", "--sparsities", "0.5", "--fine-tune-sparsities", "0.5",
+            "--fine-tune-epochs", "1", "--batch-size", "20", "--precision", "float32"]
+    assert cli.run_main(part2_prune.main, argv) == 0
+    run = stored_run(str(tmp_path), "part2")
+    assert {"stem_conv", "stage1_block1_conv2", "stage2_block1_proj"} <= \
+        set(run["layer_sensitivity"])
+    (row,) = run["finetune"]
+    assert row["measured_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    pruned = models.load_classifier(str(tmp_path / "models" / "pruned_50.keras"))
+    kernel = pruned.get_layer("stage1_block1_conv2").kernel.numpy()
+    assert 0 < (kernel == 0).mean() < 1                  # zeros inside a residual block
+
+
 def channels_whole(path):
     """A model whose only conv's channels are normalized together: none can go."""
     inputs = keras.Input((32, 32, 3))
