@@ -378,7 +378,8 @@ def screen(s, budget):
         if not ranked:
             break
         factor = search.aim_lower(factor, rows)  # the measured were slower than predicted
-    print(f"  budget {budget:g}: no configuration measured within it")
+    print(f"  budget {budget:g}: " + ("no configuration measured within it" if rows else
+          "no configuration of the grid (--keeps, --ranks) is predicted within it"))
     return None
 
 
@@ -582,8 +583,7 @@ def main(argv=None):
     plot_figures(run.find(), run.paths["figures"], run.paths["results"])
     if unmet:   # a budget no model met is a failed request, not a result
         raise ValueError(f"no model found within budget {', '.join(f'{b:g}' for b in unmet)} "
-                         "of the reference's float32 time on this machine; the fastest "
-                         "measured are listed above")
+                         "of the reference's float32 time on this machine (why: above)")
     return 0
 
 
