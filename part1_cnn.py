@@ -321,6 +321,8 @@ def plot_figures(run, figures_dir):
     experiments = run.get("experiments", {})
     for filename, (plot, needs) in PART1_FIGURES.items():
         missing = [n for n in needs if not experiments.get(n, {}).get("epochs")]
+        if len(missing) == len(needs):
+            continue  # none of its experiments run: not asked for
         if missing:
             print(f"{filename} not drawn: it needs {' and '.join(needs)} "
                   f"(run --experiments {' '.join(missing)})")

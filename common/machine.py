@@ -75,6 +75,29 @@ def identity(cpuinfo_path="/proc/cpuinfo"):
             "versions": {package: _version(package) for package in LIBRARIES}}
 
 
+def accelerator():
+    """The GPU or TPU Keras' backend computes on ("NVIDIA H200"), None on a CPU.
+
+    Stored with each run beside `identity()` (which names the CPU that timings
+    ran on): where a model was trained changes its numbers, not its timings.
+    """
+    import keras
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+        device = jax.devices()[0]
+        return None if device.platform == "cpu" else device.device_kind
+    if backend == "tensorflow":
+        import tensorflow as tf
+        gpus = tf.config.list_physical_devices("GPU")
+        return tf.config.experimental.get_device_details(gpus[0]).get(
+            "device_name", "GPU") if gpus else None
+    if backend == "torch":
+        import torch
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return None
+
+
 def key(machine):
     """8 hex digits naming a machine identity (folder names, result keys)."""
     return hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:8]

@@ -243,7 +243,7 @@ def plot_structured(run, keras_timing, litert_timing, path, tucker=()):
     keras_ax.set(ylabel="test accuracy", ylim=(low, original + 0.004))
     percent(keras_ax)
     fig.suptitle(f"Filters removed: accuracy against measured time on {keras_timing['label']}")
-    footnote(fig, "".join(f"Tucker-2 k = {k} ({100 * y:.2f}%, time {x:.3f}) is below the "
+    footnote(fig, "".join(f"Tucker-2 k = {k} ({100 * y:.2f}%, Keras time {x:.3f}) is below the "
                            "axis; " for k, x, y in tucker if y < low) + settings_line(run))
     return save(fig, path, legend=keras_ax, ncol=3, bottom=0.12)
 

@@ -260,8 +260,9 @@ def upsert(rows, key, row):
 
 
 def run_metadata(data_source=None):
-    """Versions (Keras' backend library's too), the machine and the data
-    source, stored with every run when it is made."""
+    """Versions (Keras' backend library's too), the machine (and the GPU or
+    TPU it computed on, if any) and the data source, stored with every run
+    when it is made."""
     import keras  # here: --plot-only and --help never load the backend
 
     backend = keras.backend.backend()
@@ -270,7 +271,8 @@ def run_metadata(data_source=None):
             "keras": keras.__version__,
             "numpy": numpy.__version__,
             "keras_backend": keras.backend.backend(),
-            "machine": machine.identity()}
+            "machine": machine.identity(),
+            "accelerator": machine.accelerator()}
     if data_source is not None:
         meta["data_source"] = data_source
     return meta

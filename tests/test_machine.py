@@ -71,3 +71,17 @@ def test_this_machine_picks_the_last_block_of_this_identity():
               {"machine": here, "n": 3}, {"machine": {**here, "cpu": "other"}, "n": 4}]
     assert machine.this_machine(blocks)["n"] == 3
     assert machine.this_machine(blocks[1:2]) is None
+
+
+def test_accelerator_names_the_gpu_keras_computes_on(monkeypatch):
+    import keras
+    if keras.backend.backend() != "tensorflow":
+        import pytest
+        pytest.skip("the GPU is faked through TensorFlow's device list")
+    import tensorflow as tf
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    assert machine.accelerator() is None
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                        lambda device: {"device_name": "NVIDIA H200"})
+    assert machine.accelerator() == "NVIDIA H200"

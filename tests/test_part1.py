@@ -128,7 +128,8 @@ def test_tiny_run_writes_figure_json_and_model(tiny_cifar, tmp_path):
                            "test_loss", "seconds"}
     assert 0 <= record["test_accuracy"] <= 1
     assert entry["final_test_accuracy"] == record["test_accuracy"]
-    assert {"python", keras.backend.backend(), "keras", "data_source"} <= set(results["meta"])
+    assert {"python", keras.backend.backend(), "keras", "data_source", "accelerator"} \
+        <= set(results["meta"])
     png = (tmp_path / "figures" / "part1_step4_baseline.png").read_bytes()
     assert png.startswith(b"\x89PNG")
     model = keras.saving.load_model(str(tmp_path / "models" / "part1_baseline.keras"))
@@ -240,7 +241,7 @@ def test_same_seed_gives_the_same_numbers(tiny_cifar, tmp_path):
     assert losses(0) != losses(1)
 
 
-def test_a_figure_that_cannot_be_drawn_says_what_it_needs(tiny_cifar, tmp_path, capsys):
+def test_a_figure_half_run_says_what_it_needs_one_not_run_is_quiet(tiny_cifar, tmp_path, capsys):
     assert run(["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--epochs", "1",
                 "--experiments", "maxpool", *FAST]) == 0
     capsys.readouterr()
@@ -248,4 +249,5 @@ def test_a_figure_that_cannot_be_drawn_says_what_it_needs(tiny_cifar, tmp_path, 
     out = capsys.readouterr().out
     assert ("part1_step6_maxpool.png not drawn: it needs baseline and maxpool "
             "(run --experiments baseline)") in out
+    assert "part1_step7" not in out  # none of its experiments run: not asked for
     assert not (tmp_path / "figures" / "part1_step6_maxpool.png").exists()
