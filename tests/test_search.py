@@ -200,6 +200,8 @@ def test_tiny_end_to_end_search(tiny_cifar, tiny_model_file, tmp_path, sealed_te
             tiny_model_file, "--quick", "--latency-budget", "0.9", "--batch-size", "30",
             "--precision", "float32"]
     assert run(argv) == 0
+    printed = capsys.readouterr().out
+    assert "converted and timed" in printed and "10,000" not in printed  # the images it has
     result = stored_run(tmp_path, "part5_budget")
     (row,) = result["front"]
     assert row["screened_ratio"] <= 0.9 and row["budget"] == 0.9
