@@ -390,12 +390,12 @@ def measure_candidate(s, budget, configuration):
     from common.evaluation import accuracy
     key = f"{budget:g} {search.configurations_key(configuration)}"
     screen_train = tuple(part[:s.run.settings["screen_images"]] for part in s.splits.train)
-    tuned = "" if s.unchanged(configuration) else \
-        f"fine-tuned one pass over {len(screen_train[0]):,} training images, "
-    print(f"  budget {budget:g}: {shown(key.split(' ', 1)[1])}: built, {tuned}converted and "
-          "timed ...")
+    tune = not s.unchanged(configuration)
+    print(f"  budget {budget:g}: {shown(key.split(' ', 1)[1])}: built, "
+          + (f"fine-tuned one pass over {len(screen_train[0]):,} training images, " if tune
+             else "") + "converted and timed ...")
     model = s.build(configuration)
-    if tuned:
+    if tune:
         finetune.fine_tune(model, screen_train, None, epochs=1, teacher=s.reference,
                            seed=s.run.settings["seed"], **{
                                k: v for k, v in s.run.settings["fine_tune"].items()

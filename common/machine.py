@@ -75,27 +75,42 @@ def identity(cpuinfo_path="/proc/cpuinfo"):
             "versions": {package: _version(package) for package in LIBRARIES}}
 
 
-def accelerator():
-    """The GPU or TPU Keras' backend computes on ("NVIDIA H200"), None on a CPU.
-
-    Stored with each run beside `identity()` (which names the CPU that timings
-    ran on): where a model was trained changes its numbers, not its timings.
-    """
+def accelerator_details():
+    """The GPU or TPU Keras' backend computes on, as {"name", "platform",
+    "compute_capability"} (the last None where not reported), or None on a CPU."""
     import keras
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
         device = jax.devices()[0]
-        return None if device.platform == "cpu" else device.device_kind
+        return None if device.platform == "cpu" else {
+            "name": device.device_kind, "platform": device.platform,
+            "compute_capability": getattr(device, "compute_capability", None)}
     if backend == "tensorflow":
         import tensorflow as tf
         gpus = tf.config.list_physical_devices("GPU")
-        return tf.config.experimental.get_device_details(gpus[0]).get(
-            "device_name", "GPU") if gpus else None
+        if not gpus:
+            return None
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return {"name": details.get("device_name", "GPU"), "platform": "gpu",
+                "compute_capability": details.get("compute_capability")}
     if backend == "torch":
         import torch
-        return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+        return {"name": torch.cuda.get_device_name(), "platform": "gpu",
+                "compute_capability": torch.cuda.get_device_capability()} \
+            if torch.cuda.is_available() else None
     return None
+
+
+def accelerator():
+    """The name of the GPU or TPU Keras' backend computes on ("NVIDIA H200"),
+    None on a CPU.
+
+    Stored with each run beside `identity()` (which names the CPU that timings
+    ran on): where a model was trained changes its numbers, not its timings.
+    """
+    device = accelerator_details()
+    return device and device["name"]
 
 
 def key(machine):

@@ -55,26 +55,16 @@ def native_bfloat16():
     one of `BFLOAT16_CPU_FLAGS`. False where unknown (JAX or PyTorch on a CPU,
     other GPUs): float32 is never the slow choice."""
     import keras
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-        gpus = tf.config.list_physical_devices("GPU")
-        if gpus:
-            details = tf.config.experimental.get_device_details(gpus[0])
-            return _gpu_has_bfloat16(details.get("compute_capability"))
+
+    from common import machine
+    device = machine.accelerator_details()
+    if device is not None:
+        return device["platform"] == "tpu" or (
+            device["platform"] in ("gpu", "cuda")
+            and _gpu_has_bfloat16(device["compute_capability"]))
+    if keras.backend.backend() == "tensorflow":
         onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").lower() not in ("0", "false")
         return onednn and bool(BFLOAT16_CPU_FLAGS & cpu_flags())
-    if backend == "jax":
-        import jax
-        device = jax.devices()[0]
-        if device.platform == "tpu":
-            return True
-        return device.platform in ("gpu", "cuda") and _gpu_has_bfloat16(
-            getattr(device, "compute_capability", None))
-    if backend == "torch":
-        import torch
-        return torch.cuda.is_available() and _gpu_has_bfloat16(
-            torch.cuda.get_device_capability())
     return False
 
 

@@ -1,5 +1,7 @@
 """Machine identity: parsed from sample /proc/cpuinfo texts, labelled, compared."""
 
+import pytest
+
 from common import machine
 
 X86_VNNI = """processor\t: 0
@@ -76,7 +78,6 @@ def test_this_machine_picks_the_last_block_of_this_identity():
 def test_accelerator_names_the_gpu_keras_computes_on(monkeypatch):
     import keras
     if keras.backend.backend() != "tensorflow":
-        import pytest
         pytest.skip("the GPU is faked through TensorFlow's device list")
     import tensorflow as tf
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
