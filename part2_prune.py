@@ -31,6 +31,7 @@ stored row whose model file is absent or changed is made again.
 
 import functools
 import os
+import tempfile
 
 # TensorFlow is imported inside the functions that need it, so that --help and
 # --plot-only answer at once.
@@ -305,10 +306,11 @@ def main(argv=None):
         raise ValueError(f"--layers: no Conv2D or Dense layer named {', '.join(unknown)}; "
                          f"choose from {', '.join(names)}")
     if "dense" not in run.find():
+        with tempfile.TemporaryDirectory() as folder:   # the dense model is --model itself
+            sizes = pruning.model_sizes(model, os.path.join(folder, "dense.keras"))
         run.update(lambda r: r.update(dense={
             "validation_accuracy": accuracy_on(model, splits.validation),
-            "params": measure.count_params(model),
-            "sizes": pruning.model_sizes(model, run.model_file("pruned_0"))}))
+            "params": measure.count_params(model), "sizes": sizes}))
     layer_sensitivity(run, model, args.layers or names, args.rates, splits.validation)
     for kind in ("global", "uniform"):
         sparsity_curve(run, model, kind, splits)

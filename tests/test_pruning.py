@@ -232,6 +232,7 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, capsys, seal
     assert row["sparse_bytes"] < results["dense"]["sizes"]["sparse_bytes"]
     model_file = tmp_path / "models" / "pruned_90.keras"
     assert row["model_sha256"] == file_digest(str(model_file))
+    assert [p.name for p in model_file.parent.iterdir()] == ["pruned_90.keras"]  # no dense copy
     for name in ("layer_sensitivity", "global_vs_uniform", "finetune"):
         assert (tmp_path / "figures" / f"part2_{name}.png").read_bytes().startswith(b"\x89PNG")
     (tmp_path / "figures" / "part2_finetune.png").unlink()
