@@ -1,6 +1,7 @@
 """Parts 2 and 3's figures: pruning, filter removal, Tucker-2."""
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 from common.methods import METHODS
 from common.plots import (CHANCE, METHOD_COLOURS, footnote, percent, save, settings_line,
@@ -85,20 +86,52 @@ def plot_forward_time_vs_k(results, timing, path):
     return save(fig, path, legend=ax, ncol=3, bottom=0.14)
 
 
+# Up to this many layers, one line each (the study's figure); more (a
+# ResNet-56 has 58) read better as a grid of layers x rates.
+MAX_SENSITIVITY_LINES = 12
+
+
+def sensitivity_grid(rows):
+    """The rates any row measured (sorted) and a (rows x rates) array of
+    validation accuracy, NaN where a row lacks that rate."""
+    rates = sorted({rate for row in rows for rate in row["prune_rates"]})
+    grid = np.full((len(rows), len(rates)), np.nan)
+    for i, row in enumerate(rows):
+        for rate, accuracy in zip(row["prune_rates"], row["validation_accuracy"]):
+            grid[i, rates.index(rate)] = accuracy
+    return rates, grid
+
+
 def plot_layer_sensitivity(results, path):
-    """Part 2: validation accuracy against prune rate, one line per layer (only
-    that layer pruned)."""
-    fig, ax = plt.subplots(figsize=(9, 5))
+    """Part 2: validation accuracy against prune rate when only one layer is
+    pruned: one line per layer, or for more than `MAX_SENSITIVITY_LINES`
+    layers one row per layer of a grid coloured by accuracy."""
     layers = sorted(results["layer_sensitivity"].items(), key=lambda item: item[1]["index"])
-    for i, (name, row) in enumerate(layers):
+    labels = [f"{row['index']}: {name} {tuple(row['shape'])}" for name, row in layers]
+    dense = results["dense"]["validation_accuracy"]
+    title = "Pruning one layer at a time, no retraining (1 = input side)"
+    if len(layers) > MAX_SENSITIVITY_LINES:
+        rates, grid = sensitivity_grid([row for _, row in layers])
+        fig, ax = plt.subplots(figsize=(9, 1.6 + 0.16 * len(layers)))
+        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=CHANCE, vmax=dense,
+                          interpolation="nearest")
+        ax.set_xticks(range(len(rates)), [f"{100 * r:g}%" for r in rates])
+        ax.set_yticks(range(len(layers)), labels, fontsize=6)
+        ax.set(xlabel="weights of that layer pruned", title=title)
+        bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+        bar.set_label(f"validation accuracy (top: unpruned, {100 * dense:.1f}%; "
+                      "bottom: chance)")
+        percent(bar.ax)
+        footnote(fig, settings_line(results))
+        return save(fig, path)
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for i, ((name, row), label) in enumerate(zip(layers, labels)):
         ax.plot(row["prune_rates"], row["validation_accuracy"], ms=4, color=plt.cm.tab10(i % 10),
-                marker="osD^v<>ph"[i % 9], ls=("-", "--", "-.", ":")[i % 4],
-                label=f"{row['index']}: {name} {tuple(row['shape'])}")
-    ax.axhline(results["dense"]["validation_accuracy"], color="k", ls="--", lw=0.8,
-               label="unpruned")
+                marker="osD^v<>ph"[i % 9], ls=("-", "--", "-.", ":")[i % 4], label=label)
+    ax.axhline(dense, color="k", ls="--", lw=0.8, label="unpruned")
     ax.axhline(CHANCE, color="grey", ls=":", lw=0.8, label="chance")
     ax.set(xlabel="weights of that layer pruned", ylabel="validation accuracy", ylim=(0, 1),
-           title="Pruning one layer at a time, no retraining (1 = input side)")
+           title=title)
     percent(ax)
     percent(ax, "x")
     ax.grid(alpha=0.3)

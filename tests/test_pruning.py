@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import part2_prune
-from common import cli, pruning
+from common import cli, plots_compression, pruning
 from common.results import file_digest, write_json
 from tests.conftest import argparse_error, make_run, stored_run, tiny_classifier, tiny_splits
 
@@ -321,3 +321,17 @@ def test_refit_keeps_the_weight_of_a_dead_input():
     pruning.refit_kept_weights(model, masks, dense, x)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model.layers[0].kernel)[0],
                                dense["d"][0], rtol=1e-6)
+
+
+def test_many_layers_are_drawn_as_a_grid_of_layers_by_rates(tmp_path):
+    rows = [{"index": i, "shape": [3, 3, 4, 4], "prune_rates": [0.0, 0.5, 0.9],
+             "validation_accuracy": [0.8, 0.8 - i / 100, 0.5 - i / 100]} for i in range(1, 14)]
+    rows[2] = dict(rows[2], prune_rates=[0.0, 0.9], validation_accuracy=[0.8, 0.1])
+    rates, grid = plots_compression.sensitivity_grid(rows)
+    assert rates == [0.0, 0.5, 0.9]
+    np.testing.assert_allclose(grid[0], [0.8, 0.79, 0.49])
+    np.testing.assert_allclose(grid[2], [0.8, np.nan, 0.1])
+    results = {"layer_sensitivity": {f"conv{i}": row for i, row in enumerate(rows, 1)},
+               "dense": {"validation_accuracy": 0.8}, "settings": {}}
+    path = plots_compression.plot_layer_sensitivity(results, str(tmp_path / "grid.png"))
+    assert open(path, "rb").read().startswith(b"\x89PNG")
