@@ -2,6 +2,7 @@
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from common.methods import METHODS
 from common.plots import (CHANCE, METHOD_COLOURS, footnote, percent, save, settings_line,
@@ -221,6 +222,10 @@ def plot_compression_tradeoff(part2, part3, path, structured=None):
         ax.axhline(part2["dense"]["validation_accuracy"], color="k", ls="--", lw=0.8,
                    label="original")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(FuncFormatter(
+            lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(xlabel="non-zero weights (log scale)", ylabel="validation accuracy")
     dense = part2["dense"]["validation_accuracy"]
     fig, full, zoom = zoom_panels("Compression trade-off on one model", draw,
