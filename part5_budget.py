@@ -450,7 +450,7 @@ def finish(s, budget, chosen):
         seconds = round(time.perf_counter() - start, 1)
         saved = s.run.save_model(model, name)
     flatbuffer, flops = s.flatbuffer(model), measure.count_flops(model)
-    path = os.path.join(s.run.paths["models"], f"{name}.tflite")
+    path = s.run.model_file(name, ".tflite")
     with open(path, "wb") as f:
         f.write(flatbuffer)
     row = {"budget": budget, "configuration": chosen["configuration"],

@@ -13,11 +13,16 @@ Where a run writes (results/, figures/, models/, checkpoints/):
   the settings: a quick run, a run on other data or on another machine never
   changes a tracked file, and the same command finds its folder again.
 
+In a folder that holds runs of other settings (`--output-dir` given to both),
+figures go to figures/run-<label>/ and a model whose file name another run's
+row holds is saved as models/<name>-<label>.keras: no run overwrites another's.
+
 Everything a run reuses is checked first: a model file against the digest its
 row names (`Run.verified`), a timing against the machine it was measured on
 (`Run.timing`). A row that would be replaced is kept in a backup first.
 """
 
+import json
 import os
 
 from common import cli, machine
@@ -127,9 +132,18 @@ class Run:
         return self.store.put(self.settings, section, key, value)
 
     # ---- model files --------------------------------------------------------------
-    def model_file(self, name):
-        """models/<name>.keras of this run's folder."""
-        return os.path.join(self.paths["models"], f"{name}.keras")
+    def model_file(self, name, extension=".keras"):
+        """models/<name>.keras of this run's folder (`extension` for a file
+        beside it), or models/<name>-<label>.keras where a run of other
+        settings in the same results file names that file: two runs in one
+        folder never overwrite each other's models."""
+        folder = self.paths["models"]
+        files = {json.dumps(cli.shown_path(os.path.join(folder, name + e)))
+                 for e in (".keras", extension)}
+        if any(f in json.dumps(run) for run in self.store.runs()
+               if run["settings"] != self.settings for f in files):
+            name = f"{name}-{self.label}"
+        return os.path.join(folder, name + extension)
 
     def save_model(self, model, name):
         """Save `model` as `model_file(name)`; the fields a row names it by."""

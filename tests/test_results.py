@@ -14,9 +14,9 @@ import part2_prune
 import part3_tucker
 from common import cli, runs
 from common.data import load_for_run
-from common.results import NUMBER, Map, ResultsStore, file_digest, settings_label, write_json
+from common.results import NUMBER, Map, ResultsStore, settings_label, write_json
 from common.training import check_checkpoint
-from tests.conftest import stored_run
+from tests.conftest import make_run, stored_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"part1": part1_cnn, "part2": part2_prune, "part3": part3_tucker}
@@ -455,3 +455,21 @@ def test_a_sweep_in_a_log_counts_its_items(capsys):
     assert lines[0] == "global sweep: 1 of 3 done already, skipped"
     assert lines[1].startswith("[global sweep 1/2, ETA ") and lines[1].endswith("] 0.50: 0.89")
     assert lines[2].startswith("[global sweep 2/2, ETA 0.0 min]")
+
+
+def test_runs_of_other_settings_in_one_folder_keep_each_others_models(tmp_path):
+    import keras
+    import numpy as np
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    first = make_run(tmp_path, epochs=3)
+    first.upsert("rows", "k", {"k": 4, **first.save_model(model, "m")})
+    model.set_weights([w + 1 for w in model.get_weights()])
+    second = make_run(tmp_path, epochs=10)
+    row = {"k": 4, **second.save_model(model, "m")}
+    assert row["model"] == cli.shown_path(
+        str(tmp_path / "models" / f"m-{settings_label(second.settings)}.keras"))
+    assert first.verified(first.find()["rows"][0], "k=4") == str(tmp_path / "models" / "m.keras")
+    assert second.model_file("m", ".tflite").endswith(f"m-{second.label}.tflite")
+    assert make_run(tmp_path, epochs=3).model_file("m") == str(tmp_path / "models" / "m.keras")
+    np.testing.assert_allclose(keras.saving.load_model(runs.resolve(row["model"])).get_weights()[1],
+                               model.get_weights()[1])
