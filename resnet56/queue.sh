@@ -29,16 +29,16 @@ python part1_cnn.py --experiments resnet56 --output-dir $OUT --epochs 87 \
 #    again to deploy its models beside the others (every flatbuffer re-timed).
 python part2_prune.py --model $BASE --output-dir $OUT
 python part4_deploy.py --model $BASE --output-dir $OUT
-# 5. The spread: the base and the 2.13x row over seeds 1 and 2.
+# 5. The latency-budget search over groups, on this machine (nothing else running).
+#    A budget that no configuration meets ends it with exit 2 once the others
+#    are stored (its last line names it): the queue goes on.
+python part5_budget.py --model $BASE --latency-budget 0.5 0.3 0.2 0.1 \
+    --keeps 1 0.75 0.5 0.25 --ranks none 0.5 --output-dir $OUT || [ $? -eq 2 ]
+# 6. The spread: the base and the 2.13x row over seeds 1 and 2.
 for seed in 1 2; do
     python part1_cnn.py --experiments resnet56 --seed $seed --output-dir $OUT/seed$seed
     python part2_structured.py --model $OUT/seed$seed/models/resnet56.keras --seed $seed \
         --flops-reductions 0.531 --fine-tune-epochs 10 --output-dir $OUT/seed$seed
 done
-# 6. The latency-budget search over groups, on this machine (nothing else running).
-#    A budget that no configuration meets ends it with exit 2 once the others
-#    are stored (its last line names it): the queue goes on.
-python part5_budget.py --model $BASE --latency-budget 0.5 0.3 0.2 0.1 \
-    --keeps 1 0.75 0.5 0.25 --ranks none 0.5 --output-dir $OUT || [ $? -eq 2 ]
 # 7. The table beside the published rows, the spread over seeds, and the figure.
 python common/report.py --output-dir $OUT --figure $OUT/figures/resnet56_published.png
