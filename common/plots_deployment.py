@@ -94,6 +94,10 @@ def plot_budget_front(run, part4, path):
         points = [(r["latency"]["ratio"], r["test_accuracy"], f"≤{r['budget']:g}")
                   for r in front]
         source = "the search's own timing run (run part4_deploy.py for the single methods)"
+    merged = {}                        # budgets that int8 alone meets share one point
+    for x, y, text in points:
+        merged.setdefault((x, y), []).append(text)
+    points = sorted((x, y, ", ".join(texts)) for (x, y), texts in merged.items())
     colour = METHOD_COLOURS["search"]
     ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color=colour, lw=2, ms=7,
             label=f"searched per layer ({run['front'][0]['precision']}), fine-tuned")
@@ -138,7 +142,8 @@ def plot_budget_front(run, part4, path):
     low = ax.get_ylim()[0]
     hidden = [f"{FAMILY_NAMES[r['family']].split(' (')[0]} {point_label(r)} {r['precision']} "
               f"({100 * r['test_accuracy']:.1f}%)" for r in part4_rows
-              if r["test_accuracy"] < low and r["family"] != "original"]
+              if r["test_accuracy"] < low and r["family"] not in ("original", "search")]
+    hidden = [f"searched {text} ({100 * y:.1f}%)" for _, y, text in points if y < low] + hidden
     footnote(fig, (f"below the axis: {', '.join(hidden)}; " if hidden else "")
               + f"{source}; {settings_line(run)}")
     return save(fig, path)

@@ -273,7 +273,10 @@ def resnet56_rows(part2s, scratch=None, part2=None, part3=None, part5=None, part
             part3["original"]["flops"] / r["flops"], METHODS["tucker"].file_name(r["k"]))
     for r in sorted((part5 or {}).get("front", []), key=lambda r: -r["budget"]):
         if "flops_ratio" in r:
-            add("search", f"searched for {r['budget']:g} of the time ({r['precision']})",
+            base_digest = part5.get("settings", {}).get("model_sha256")
+            itself = base_digest is not None and r.get("model_sha256") == base_digest
+            add("search", f"searched for {r['budget']:g} of the time ({r['precision']}"
+                + (" alone: the base, its own conversion" if itself else "") + ")",
                 r.get("test_accuracy"), 1 / r["flops_ratio"],
                 METHODS["search"].file_name(r["budget"]))
     if not timed and litert:

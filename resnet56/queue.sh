@@ -34,6 +34,8 @@ python part4_deploy.py --model $BASE --output-dir $OUT
 #    are stored (its last line names it): the queue goes on.
 python part5_budget.py --model $BASE --latency-budget 0.5 0.3 0.2 0.1 \
     --keeps 1 0.75 0.5 0.25 --ranks none 0.5 --output-dir $OUT || [ $? -eq 2 ]
+#    Part 4 once more, so that the searched models are deployed beside the others.
+python part4_deploy.py --model $BASE --output-dir $OUT
 # 6. The spread: the base and the 2.13x row over seeds 1 and 2.
 for seed in 1 2; do
     python part1_cnn.py --experiments resnet56 --seed $seed --output-dir $OUT/seed$seed

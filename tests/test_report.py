@@ -84,13 +84,17 @@ def test_part_4s_run_gives_float32_int8_and_the_smallest_int8_file():
                         deployed("pruned_90", "int8", 0.25, 1000),
                         deployed("pruned_90", "int8", 0.26, 300, sparse=True)]}
     part2 = {"finetune": [{"sparsity": 0.9, "test_accuracy": 0.87}]}
-    part5 = {"front": [{"budget": 0.1, "precision": "int8", "test_accuracy": 0.86,
-                        "flops_ratio": 0.25}]}
+    part5 = {"settings": {"model_sha256": "b" * 64},
+             "front": [{"budget": 0.1, "precision": "int8", "test_accuracy": 0.86,
+                        "flops_ratio": 0.25, "model_sha256": "c" * 64},
+                       {"budget": 0.5, "precision": "int8", "test_accuracy": 0.88,
+                        "flops_ratio": 1.0, "model_sha256": "b" * 64}]}
     base, rows, timed = report.resnet56_rows(structured_run(0, 0.88, 0.879), part2=part2,
                                              part5=part5, part4=part4)
     assert timed.startswith("Other") and [r["family"] for r in rows] == [
-        "original", "structured", "pruned", "search"]
-    original, structured, pruned, search = rows
+        "original", "structured", "pruned", "search", "search"]
+    original, structured, pruned, int8_alone, search = rows
+    assert "the base" in int8_alone["method"] and "the base" not in search["method"]
     assert (original["accuracy"], original["macs"], original["int8"]) == (0.88, 1.0, 0.3)
     assert (structured["float32"], structured["int8"], structured["bytes"]) == (0.4, 0.1, 1000)
     assert (pruned["macs"], pruned["int8"], pruned["bytes"]) == (1.0, 0.25, 300)

@@ -272,3 +272,22 @@ def test_the_committed_reference_s_search_ranks_its_front_first():
     first = predict.candidates(budget, settings["resolution_steps"])[0]
     assert search.configurations_key(first) == row["configuration"]
     assert predict.seconds(first) <= budget
+
+
+def test_the_front_figure_names_searched_points_below_its_axis(tmp_path, monkeypatch):
+    from common import plots_deployment
+    drawn = {}
+    monkeypatch.setattr(plots_deployment, "save", lambda fig, path: drawn.setdefault("fig", fig))
+    front = [{"budget": b, "precision": "int8", "test_accuracy": acc,
+              "latency": {"ratio": ratio}, "layers": {}}
+             for b, acc, ratio in ((0.5, 0.882, 0.284), (0.3, 0.882, 0.284), (0.1, 0.744, 0.1))]
+    originals = [{"family": "original", "precision": p, "sparse": False, "test_accuracy": 0.882,
+                  "latency": {"1": {"ratio": r}}} for p, r in (("float32", 1.0), ("int8", 0.28))]
+    run = {"front": front, "settings": {"machine": machine.identity(), "seed": 0}}
+    plots_deployment.plot_budget_front(run, {"models": originals}, str(tmp_path / "f.png"))
+    ax = drawn["fig"].axes[0]
+    assert ax.get_ylim()[0] > 0.744                      # the 0.1 point is off the axis ...
+    footnote = next(t.get_text() for t in drawn["fig"].texts if t.get_gid() == "footnote")
+    assert "searched ≤0.1 (74.4%)" in footnote.replace("\n", " ")   # ... and named below it
+    labels = [t.get_text() for t in ax.texts]
+    assert "≤0.3, ≤0.5" in labels and "≤0.5" not in labels  # one point, both budgets
