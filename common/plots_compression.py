@@ -291,6 +291,9 @@ def plot_structured(run, keras_timing, litert_timing, path, tucker=()):
     return save(fig, path, legend=keras_ax, ncol=3, bottom=0.12)
 
 
+LOWEST = -5      # points: the published table's range, with room for ours
+
+
 def plot_published(published, base, rows, timed, path):
     """Our models of one base beside published rows: accuracy change against
     each one's own base over the multiply-add ratio, and (ours only: none of
@@ -324,22 +327,34 @@ def plot_published(published, base, rows, timed, path):
                 speed_ax.plot(row["macs"], 1 / row[precision], marker, color=colour,
                               mfc=colour if precision == "float32" else "none")
     acc_ax.axhline(0, color="k", ls=":", lw=0.8)
-    acc_ax.set(xlabel="multiply-adds: base / model (×)",
+    # The axis holds the published rows' range and ours down to LOWEST points;
+    # a model below it is named in the footnote.
+    changes = ([100 * (r["accuracy"] - base) for r in rows if r["accuracy"] is not None]
+               + [100 * (pruned - b) for _, b, pruned, _ in published])
+    low = max(min(changes + [0]), LOWEST) - 0.5
+    hidden = [f"{r['method']}: {100 * (r['accuracy'] - base):+.2f} points at {r['macs']:.1f}×"
+              for r in rows if r["accuracy"] is not None and 100 * (r["accuracy"] - base) < low]
+    acc_ax.set(xlabel="multiply-adds: base / model (×, log)",
                ylabel="test accuracy − its own base (points)",
-               title=f"Accuracy (ours: base {100 * base:.2f}%, JPEG copy of CIFAR-10)")
+               title=f"Accuracy (ours: base {100 * base:.2f}%, JPEG copy of CIFAR-10)",
+               ylim=(low, max(changes + [0]) + 0.5))
     top = max([r["macs"] for r in rows] + [m for *_, m in published] + [1]) * 1.05
     speed_ax.plot([1, top], [1, top], "k--", lw=0.8, label="speed-up = multiply-add ratio")
     speed_ax.plot([], [], "ko", label="float32")
     speed_ax.plot([], [], "kD", mfc="none", label="int8")
-    speed_ax.set(xlabel="multiply-adds: base / model (×)",
-                 ylabel="LiteRT speed-up over the base's float32 (×)",
+    speed_ax.set(xlabel="multiply-adds: base / model (×, log)",
+                 ylabel="LiteRT speed-up over the base's float32 (×, log)",
                  title=f"LiteRT, batch 1, 1 thread\non {timed}" if timed else
                  "LiteRT: not timed yet")
     speed_ax.legend(fontsize=8)
+    speed_ax.set_yscale("log", base=2)
     for ax in (acc_ax, speed_ax):
-        ax.grid(alpha=0.3)
+        ax.set_xscale("log", base=2)
+        for axis in [ax.xaxis] + ([ax.yaxis] if ax is speed_ax else []):
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.grid(alpha=0.3, which="both")
     fig.suptitle("ResNet-56 on CIFAR-10: ours beside the published rows")
-    footnote(fig, "Published rows: github.com/VainF/Torch-Pruning, reproduce/readme.md (official "
+    footnote(fig, (f"Below the axis: {'; '.join(hidden)}. " if hidden else "") + "Published rows: github.com/VainF/Torch-Pruning, reproduce/readme.md (official "
              "data, each against its own base); none reports latency. Ours: the JPEG copy of "
              "CIFAR-10, each against our base; time ratios from one run of interleaved rounds.")
     return save(fig, path, legend=acc_ax, ncol=3, bottom=0.16)
