@@ -354,7 +354,8 @@ def plot_published(published, base, rows, timed, path):
             axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.grid(alpha=0.3, which="both")
     fig.suptitle("ResNet-56 on CIFAR-10: ours beside the published rows")
-    footnote(fig, (f"Below the axis: {'; '.join(hidden)}. " if hidden else "") + "Published rows: github.com/VainF/Torch-Pruning, reproduce/readme.md (official "
+    footnote(fig, (f"Below the axis: {'; '.join(hidden)}. " if hidden else "")
+             + "Published rows: github.com/VainF/Torch-Pruning, reproduce/readme.md (official "
              "data, each against its own base); none reports latency. Ours: the JPEG copy of "
              "CIFAR-10, each against our base; time ratios from one run of interleaved rounds.")
     return save(fig, path, legend=acc_ax, ncol=3, bottom=0.16)
