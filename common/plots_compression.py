@@ -330,14 +330,14 @@ def plot_published(published, base, rows, timed, path):
     # The axis holds the published rows' range and ours down to LOWEST points;
     # a model below it is named in the footnote.
     changes = ([100 * (r["accuracy"] - base) for r in rows if r["accuracy"] is not None]
-               + [100 * (pruned - b) for _, b, pruned, _ in published])
-    low = max(min(changes + [0]), LOWEST) - 0.5
+               + [100 * (pruned - b) for _, b, pruned, _ in published] + [0])
+    low = max(min(changes), LOWEST) - 0.5
     hidden = [f"{r['method']}: {100 * (r['accuracy'] - base):+.2f} points at {r['macs']:.1f}×"
               for r in rows if r["accuracy"] is not None and 100 * (r["accuracy"] - base) < low]
     acc_ax.set(xlabel="multiply-adds: base / model (×, log)",
                ylabel="test accuracy − its own base (points)",
                title=f"Accuracy (ours: base {100 * base:.2f}%, JPEG copy of CIFAR-10)",
-               ylim=(low, max(changes + [0]) + 0.5))
+               ylim=(low, max(changes) + 0.5))
     top = max([r["macs"] for r in rows] + [m for *_, m in published] + [1]) * 1.05
     speed_ax.plot([1, top], [1, top], "k--", lw=0.8, label="speed-up = multiply-add ratio")
     speed_ax.plot([], [], "ko", label="float32")

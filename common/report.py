@@ -271,9 +271,9 @@ def resnet56_rows(part2s, scratch=None, part2=None, part3=None, part5=None, part
     for r in (part3 or {}).get("sweep", []):
         add("tucker", f"Tucker-2, k = {r['k']}, fine-tuned", r.get("test_accuracy"),
             part3["original"]["flops"] / r["flops"], METHODS["tucker"].file_name(r["k"]))
+    base_digest = (part5 or {}).get("settings", {}).get("model_sha256")
     for r in sorted((part5 or {}).get("front", []), key=lambda r: -r["budget"]):
         if "flops_ratio" in r:
-            base_digest = part5.get("settings", {}).get("model_sha256")
             itself = base_digest is not None and r.get("model_sha256") == base_digest
             add("search", f"searched for {r['budget']:g} of the time ({r['precision']}"
                 + (" alone: the base, its own conversion" if itself else "") + ")",
