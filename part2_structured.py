@@ -359,9 +359,9 @@ def main(argv=None):
         run.update(lambda r: r.update(original={
             "validation_accuracy": accuracy_on(model, splits.validation)}))
     images = splits.train[0][:run.settings["importance_images"]]
-    print(f"scoring each group's channels by {', '.join(run.settings['criteria'])} "
-          f"({len(images):,} training images) ...", flush=True)
-    scores = importance(model, names, images, run.settings["criteria"])
+    with cli.Heartbeat(f"scoring each group's channels by {', '.join(run.settings['criteria'])} "
+                       f"({len(images):,} training images)"):
+        scores = importance(model, names, images, run.settings["criteria"])
     curves = sensitivity_sweep(run, model, scores, splits)
     screen(run, model, names, scores, curves, splits)
     if run.settings["fine_tune"]:

@@ -192,33 +192,31 @@ def convert(run, sources, splits):
                                      run.settings["seed"])
     litert_dir = os.path.join(run.paths["models"], "litert")
     os.makedirs(litert_dir, exist_ok=True)
-    converted = {}  # (model, precision, sparse) -> bytes, a model's variants at a time
-    for model_name in dict.fromkeys(m for m, _, _ in todo):
-        path, _ = sources[model_name]
+    for model_name in dict.fromkeys(m for m, _, _ in todo):   # a model's variants at a time
+        path, info = sources[model_name]
         model = deployable(models.load_classifier(path), run.settings["fold_batchnorm"])
         pairs = [(p, sparse) for m, p, sparse in todo if m == model_name]
         try:
             made = deploy.to_flatbuffers([(model, p, calibration, sparse) for p, sparse in pairs])
         except ValueError as err:
             raise ValueError(f"{cli.shown_path(path)}: {err}") from None
-        converted.update({(model_name, *pair): fb for pair, fb in zip(pairs, made)})
-        converted[model_name] = model
-    for model_name, precision, sparse in todo:
-        path, info = sources[model_name]
-        name = variant_name(model_name, precision, sparse)
-        flatbuffer = converted[model_name, precision, sparse]
-        target = os.path.join(litert_dir, name.replace(" ", "_") + ".tflite")
-        with open(target, "wb") as f:
-            f.write(flatbuffer)
-        row = {"name": name, **info, "precision": precision, "sparse": sparse,
-               "tflite": cli.shown_path(target), "tflite_sha256": file_digest(target),
-               "ops": sorted(deploy.op_names(flatbuffer)),
-               "delegate": deploy.predictor(flatbuffer).delegate,
-               "nonzero_params": measure.count_nonzero_params(converted[model_name]),
-               "flops": measure.count_flops(converted[model_name]), **deploy.sizes(flatbuffer)}
-        run.upsert("models", "name", row)
-        flatbuffers[name] = flatbuffer
-        progress.done(f"{name}: {row['bytes']:,} B, {row['gzip_bytes']:,} B gzipped")
+        for (precision, sparse), flatbuffer in zip(pairs, made):
+            name = variant_name(model_name, precision, sparse)
+            target = os.path.join(litert_dir, name.replace(" ", "_") + ".tflite")
+            with open(target, "wb") as f:
+                f.write(flatbuffer)
+            row = {"name": name, **info, "precision": precision, "sparse": sparse,
+                   "tflite": cli.shown_path(target), "tflite_sha256": file_digest(target),
+                   "ops": sorted(deploy.op_names(flatbuffer)),
+                   "delegate": deploy.predictor(flatbuffer).delegate,
+                   "nonzero_params": measure.count_nonzero_params(model),
+                   "flops": measure.count_flops(model), **deploy.sizes(flatbuffer)}
+            old = stored.get(name)
+            if old and old["tflite_sha256"] == row["tflite_sha256"]:
+                row = {**old, **row}  # the same file made again: what was measured on it stands
+            run.upsert("models", "name", row)
+            flatbuffers[name] = flatbuffer
+            progress.done(f"{name}: {row['bytes']:,} B, {row['gzip_bytes']:,} B gzipped")
     return flatbuffers
 
 
@@ -240,17 +238,21 @@ def report(run, flatbuffers, splits):
 
 def timing(run, flatbuffers, images):
     """Every flatbuffer timed together with the float32 original (the ratios'
-    baseline) at each thread count, unless the stored timing is of exactly
-    these files (the settings hold this machine, so every timing is of it).
-    Rows not timed now lose their latency (the previous file is backed up):
-    every latency stored is of one interleaved run."""
+    baseline) at each thread count, unless the stored timing holds every one
+    of these files (the settings hold this machine, so every timing is of it;
+    a run of fewer files keeps it whole). Rows not timed now lose their
+    latency (the previous file is backed up): every latency stored is of one
+    interleaved run."""
     from common import deploy, machine
     rows = [row for row in run.find()["models"] if row["name"] in flatbuffers]
     digests = {row["name"]: row["tflite_sha256"] for row in rows}
     stored = run.find().get("timing", {})
-    if stored.get("digests") == digests and all("latency" in r for r in rows) \
-            and not run.force:
-        print(f"timing: these {len(digests)} flatbuffers were timed together already, reused")
+    timed = stored.get("digests", {})
+    if all(timed.get(name) == digest for name, digest in digests.items()) \
+            and all("latency" in r for r in rows) and not run.force:
+        print(f"timing: these {len(digests)} flatbuffers were timed together already"
+              + (f" (with {len(timed) - len(digests)} more)" if len(timed) > len(digests) else "")
+              + ", reused")
         return
     params = run.settings["timing"]
     print(f"timing {len(flatbuffers)} flatbuffers x threads {params['threads']} at batch 1 on "
@@ -303,8 +305,8 @@ def main(argv=None):
     flatbuffers = convert(run, sources, splits)
     report(run, flatbuffers, splits)
     timing(run, flatbuffers, splits.validation[0])
-    current = {**run.find(), "models": [row for row in run.find()["models"]
-                                        if row["name"] in flatbuffers]}
+    current = {**run.find(), "models": [row for row in run.find()["models"]   # one timing
+                                        if row["name"] in flatbuffers or "latency" in row]}
     print(f"\nLiteRT on {machine.label(run.settings['machine'])}:\n")
     print(tables.part4_table(current))
     if reference:   # the targets are the reference's

@@ -4,7 +4,9 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
+import weakref
 
 from common.precision import PRECISIONS
 from common.quiet import quiet_stderr
@@ -242,12 +244,59 @@ def run_main(main, argv=None):
         return 130
 
 
+HEARTBEAT = 20.0   # seconds: the longest a step goes without a line saying it runs
+
+
+def _beat(ref, stop):
+    """Call `ref().beat()` a few times a second until it returns False, `stop`
+    is set or the object is gone (a Sweep done or dropped, a block left)."""
+    while not stop.wait(min(1.0, HEARTBEAT / 4)):
+        beating = ref()
+        if beating is None or not beating.beat():
+            return
+        del beating
+
+
+def _start_beating(obj):
+    stop = threading.Event()
+    weakref.finalize(obj, stop.set)
+    threading.Thread(target=_beat, args=(weakref.ref(obj), stop), daemon=True).start()
+    return stop
+
+
+class Heartbeat:
+    """`with Heartbeat("what it does"):` prints "what it does ..." and then
+    "what it does: running for 40 s" every HEARTBEAT seconds while the block
+    runs: a step that prints nothing for long still says it is alive."""
+
+    def __init__(self, what):
+        self.what = what
+
+    def __enter__(self):
+        print(f"{self.what} ...", flush=True)
+        self._start = self._spoke = time.perf_counter()
+        self._stop = _start_beating(self)
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+    def beat(self):
+        now = time.perf_counter()
+        if now - self._spoke >= HEARTBEAT:
+            print(f"{self.what}: running for {now - self._start:.0f} s", flush=True)
+            self._spoke = now
+        return True
+
+
 class Sweep:
     """Progress across a sweep of `total` items: Keras' Progbar (a bar with ETA)
     in a terminal; in a log, each item's line starts with `[i/total, ETA]`.
 
     `sweep.done(line)` after each item prints its result line and advances;
-    `skipped` items (done by an earlier run) are counted in one line.
+    `skipped` items (done by an earlier run) are counted in one line. While an
+    item runs longer than HEARTBEAT seconds, a line says which one and for
+    how long, every HEARTBEAT seconds: no sweep goes silent.
     """
 
     def __init__(self, total, what, skipped=0):
@@ -257,13 +306,46 @@ class Sweep:
         self.total, self.what, self.count = total, what, 0
         self.live = sys.stdout.isatty()
         self._bar = keras.utils.Progbar(total, verbose=1 if self.live else 0, unit_name="item")
-        self._start = time.perf_counter()
+        self._start = self._item_start = self._spoke = time.perf_counter()
+        self._lock = threading.Lock()
+        _start_beating(self)
+
+    def _say(self, line):
+        if self.live:
+            print(f"\r{line}\033[K", flush=True)  # over the bar, which redraws below
+            self._bar.update(self.count)
+        else:
+            print(line, flush=True)
+        self._spoke = time.perf_counter()
+
+    def _eta(self, now):
+        """Minutes left: the mean finished item's time for each item to come."""
+        if not self.count:
+            return ""
+        mean = (self._item_start - self._start) / self.count
+        left = max(mean * (self.total - self.count) - (now - self._item_start), 0)
+        return f", ETA {left / 60:.1f} min"
+
+    def beat(self):
+        """Say that the current item still runs, if nothing was said for
+        HEARTBEAT seconds; False once every item is done."""
+        with self._lock:
+            now = time.perf_counter()
+            if self.count >= self.total:
+                return False
+            if now - self._spoke >= HEARTBEAT:
+                self._say(f"[{self.what} {self.count + 1}/{self.total}{self._eta(now)}] "
+                          f"running for {now - self._item_start:.0f} s")
+            return True
 
     def done(self, line):
-        self.count += 1
-        if self.live:
-            print(f"\r{line}\033[K")  # over the bar, which redraws below
-        else:
-            eta = (time.perf_counter() - self._start) / self.count * (self.total - self.count)
-            print(f"[{self.what} {self.count}/{self.total}, ETA {eta / 60:.1f} min] {line}")
-        self._bar.update(self.count)
+        with self._lock:
+            self.count += 1
+            now = time.perf_counter()
+            if self.live:
+                self._say(line)
+            else:
+                eta = (now - self._start) / self.count * (self.total - self.count)
+                self._say(f"[{self.what} {self.count}/{self.total}, ETA {eta / 60:.1f} min] {line}")
+            self._item_start = now
+

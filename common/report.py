@@ -11,6 +11,7 @@ results/*.json or models/reference.json.
 import glob
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -455,19 +456,40 @@ def part5_table(part5):
 
 def _runs_on(output_dir, part, digest):
     """The runs of results/<part>.json under `output_dir` made from the model
-    with `digest`, this machine's last."""
-    runs = [r for r in ResultsStore(os.path.join(output_dir, "results", f"{part}.json")).runs()
+    with `digest`, in the file's order."""
+    return [r for r in ResultsStore(os.path.join(output_dir, "results", f"{part}.json")).runs()
             if r["settings"].get("model_sha256") == digest]
-    here = machine.identity()
-    return sorted(runs, key=lambda r: machine.same_machine(r["settings"].get("machine"), here))
+
+
+def per_machine(part4s, part5s):
+    """Pairs (Part 4 run, Part 5 run) of one machine each, in the order the
+    machines first appear (Part 4's runs first); one (None, None) without any:
+    timings of two machines are never set side by side."""
+    machines = []
+    for run in part4s + part5s:
+        if not any(machine.same_machine(run["settings"]["machine"], m) for m in machines):
+            machines.append(run["settings"]["machine"])
+    pick = lambda runs, m: next(   # noqa: E731
+        (r for r in reversed(runs) if machine.same_machine(r["settings"]["machine"], m)), None)
+    return [(pick(part4s, m), pick(part5s, m)) for m in machines] or [(None, None)]
+
+
+def figure_path(figure, timed, first):
+    """The figure of the first machine at `figure`; another's beside it,
+    named after its machine (resnet56_published-intel-xeon-...png)."""
+    if first or not timed:
+        return figure
+    stem, ext = os.path.splitext(figure)
+    return f"{stem}-{re.sub(r'[^a-z0-9]+', '-', timed.lower()).strip('-')}{ext}"
 
 
 def resnet56_sections(output_dir, figure=None):
     """For each Part 2 structured run on a resnet56.keras under `output_dir`:
     our rows beside the published ones (with the Tucker, search, magnitude
-    pruning, LiteRT and Scratch-B runs made from the same base there) and,
-    where output_dir/seed*/ hold the same study for other seeds, the spread;
-    with `figure`, the comparison drawn to that path."""
+    pruning, LiteRT and Scratch-B runs made from the same base there), one
+    table per machine that timed them; where output_dir/seed*/ hold the same
+    study for other seeds, the spread; with `figure`, the comparison drawn to
+    that path (another machine's beside it, see `figure_path`)."""
     scratch = {os.path.basename(info.get("config", {}).get("architecture", "")):
                info["test_accuracy"] for info in map(read_json, glob.glob(os.path.join(
                    output_dir, "models", "scratch-*.json")))}
@@ -477,11 +499,18 @@ def resnet56_sections(output_dir, figure=None):
         if os.path.basename(part2s.get("meta", {}).get("model", "")) != "resnet56.keras":
             continue
         digest = part2s["settings"]["model_sha256"]
-        others = {part: (_runs_on(output_dir, part, digest) or [None])[-1]
-                  for part in ("part2", "part3", "part5_budget", "part4")}
-        base, rows, timed = resnet56_rows(part2s, scratch, others["part2"], others["part3"],
-                                          others["part5_budget"], others["part4"])
-        out += ["ResNet-56 beside the published rows", "", published_table(base, rows, timed)]
+        part2, part3 = ((_runs_on(output_dir, part, digest) or [None])[-1]
+                        for part in ("part2", "part3"))
+        pairs = per_machine(_runs_on(output_dir, "part4", digest),
+                            _runs_on(output_dir, "part5_budget", digest))
+        for i, (part4, part5) in enumerate(pairs):
+            base, rows, timed = resnet56_rows(part2s, scratch, part2, part3, part5, part4)
+            out += ["ResNet-56 beside the published rows", "", published_table(base, rows, timed)]
+            if figure:
+                from common.plots_compression import plot_published
+                out += ["", "wrote " + plot_published(PUBLISHED_RESNET56, base, rows, timed,
+                                                      figure_path(figure, timed, i == 0))]
+            out.append("")
         seeds = {part2s["settings"]["seed"]: part2s}
         for path in sorted(glob.glob(os.path.join(output_dir, "seed*", "results",
                                                   "part2_structured.json"))):
@@ -489,11 +518,8 @@ def resnet56_sections(output_dir, figure=None):
                 seeds.setdefault(run["settings"]["seed"], run)
         for reduction in sorted({r["flops_reduction"] for r in part2s.get("finetuned", [])}):
             if len(seeds) > 1:
-                out += ["", f"Over seeds, filters removed at −{100 * reduction:g}% FLOPs",
-                        "", seeds_table(seeds, reduction)]
-        if figure:
-            from common.plots_compression import plot_published
-            out += ["", f"wrote {plot_published(PUBLISHED_RESNET56, base, rows, timed, figure)}"]
+                out += [f"Over seeds, filters removed at −{100 * reduction:g}% FLOPs",
+                        "", seeds_table(seeds, reduction), ""]
     if figure and not out:
         raise ValueError(f"--figure: no Part 2 structured run on a resnet56.keras in "
                          f"{output_dir}/results: nothing to draw")

@@ -10,7 +10,7 @@ import filelock
 import keras
 import numpy as np
 
-from common import models
+from common import cli, models
 
 
 def set_seed(seed):
@@ -61,7 +61,8 @@ class EpochRecorder(keras.callbacks.Callback):
 class Progress(keras.callbacks.Callback):
     """Keras' `Progbar` for each epoch, fit's val_* metrics named after what
     they are measured on (`evaluated_on`): a bar with ETA in a terminal; in a
-    log, one line per epoch that starts "epoch 3/15, ETA 21 min:". Used in
+    log, one line per epoch that starts "epoch 3/15, ETA 21 min:" (and every
+    cli.HEARTBEAT seconds a line with the step). Used in
     place of fit's own printing (fit verbose=0)."""
 
     def __init__(self, evaluated_on="validation"):
@@ -76,11 +77,19 @@ class Progress(keras.callbacks.Callback):
         metrics = ("loss", "accuracy", *(f"{self.evaluated_on}_{m}" for m in ("loss", "accuracy")))
         self._bar = keras.utils.Progbar(self.params["steps"], verbose=1 if live else 2,
                                         stateful_metrics=metrics)
-        self._start = time.perf_counter()
+        self._start = self._spoke = time.perf_counter()
+        self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         if self._bar.verbose == 1:
             self._bar.update(batch + 1, list((logs or {}).items()))
+        elif time.perf_counter() - self._spoke >= cli.HEARTBEAT:   # a log: a line now and then
+            self._spoke = time.perf_counter()
+            seconds = self._spoke - self._start
+            print(f"epoch {self._epoch + 1}/{self.params['epochs']}: step {batch + 1}/"
+                  f"{self.params['steps']}, {seconds:.0f} s, ETA "
+                  f"{seconds / (batch + 1) * (self.params['steps'] - batch - 1):.0f} s",
+                  flush=True)
 
     def on_epoch_end(self, epoch, logs=None):
         self._seconds.append(time.perf_counter() - self._start)

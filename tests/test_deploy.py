@@ -1,6 +1,7 @@
 """LiteRT flatbuffers against the Keras models they come from; the timing harness; Part 4."""
 
 import gzip
+import json
 import os
 import time
 
@@ -219,25 +220,33 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch,
     figure.unlink()
     assert run(["--plot-only", "--output-dir", out]) == 0 and figure.exists()
 
-    # A truncated .tflite is converted again, and then all are timed together again.
+    # A truncated .tflite is converted again into the same file: what was
+    # measured on that file (accuracy, latency) stands, nothing is timed again.
     tflite = tmp_path / "models" / "litert" / "tucker_k4_float32.tflite"
     tflite.write_bytes(tflite.read_bytes()[:1000])
+    stored = json.loads((tmp_path / "results" / "part4.json").read_text())
     assert run(argv) == 0
     printed = capsys.readouterr().out
     assert "tucker_k4 float32: " in printed and "is missing or has changed" in printed
-    assert converted[0][:2] == ("float32", False) and "timing 14 flatbuffers" in printed
+    assert converted[0][:2] == ("float32", False) and "timing 14 flatbuffers" not in printed
+    assert "these 14 flatbuffers were timed together already, reused" in printed
     assert file_digest(str(tflite)) == by_name["tucker_k4 float32"]["tflite_sha256"]
-    again = {row["name"]: row for row in stored_run(out, "part4")["models"]}
-    assert again["original int8"]["latency"] != by_name["original int8"]["latency"]
-    assert all("latency" in row for row in again.values())
+    assert json.loads((tmp_path / "results" / "part4.json").read_text()) == stored
 
-    # A swapped .keras file: its row no longer matches, so the model is not deployed.
+    # A swapped .keras file: its row no longer matches, so the model is not
+    # deployed; the others are a part of the stored timing, which stays whole.
     keras.saving.load_model(tiny_model_file).save(tmp_path / "models" / "tucker_k4.keras")
     assert run(argv) == 0
     printed = capsys.readouterr().out
     assert "not deployed: tucker 4" in printed and "has changed since its row" in printed
-    assert "Tucker k = 4" not in printed
-    # The others were timed again without it: only they keep a latency, of that one run.
+    assert "these 11 flatbuffers were timed together already (with 3 more), reused" in printed
+    assert json.loads((tmp_path / "results" / "part4.json").read_text()) == stored
+
+    # --force makes and times again all that are here, together; the rows not
+    # timed now lose their latency (every latency stored is of one run).
+    assert run(argv + ["--force"]) == 0
+    printed = capsys.readouterr().out
+    assert "timing 11 flatbuffers" in printed
     after = {row["name"]: row for row in stored_run(out, "part4")["models"]}
     assert all(("latency" in row) != name.startswith("tucker_k4") for name, row in after.items())
 

@@ -145,3 +145,16 @@ def test_the_published_figure_names_our_models_below_its_axis(tmp_path, monkeypa
     footnote = next(t.get_text() for t in drawn["f"].texts if t.get_gid() == "footnote")
     assert "searched for 0.1: -13.80 points at 15.2×" in footnote.replace("\n", " ")
     assert "filters removed:" not in footnote
+
+
+def test_each_machine_gets_its_own_table_and_figure():
+    def on(cpu, part):
+        return {"settings": {"machine": {"cpu": cpu, "features": []}}, "part": part}
+    part4s, part5s = [on("A", 4), on("B", 4)], [on("B", 5), on("C", 5)]
+    pairs = report.per_machine(part4s, part5s)
+    assert [(p4 and p4["settings"]["machine"]["cpu"], p5 and p5["settings"]["machine"]["cpu"])
+            for p4, p5 in pairs] == [("A", None), ("B", "B"), (None, "C")]
+    assert report.per_machine([], []) == [(None, None)]
+    assert report.figure_path("f/pub.png", "Intel Xeon, AMX", True) == "f/pub.png"
+    assert report.figure_path("f/pub.png", "Intel Xeon, AMX", False) == \
+        "f/pub-intel-xeon-amx.png"

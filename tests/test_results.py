@@ -457,6 +457,33 @@ def test_a_sweep_in_a_log_counts_its_items(capsys):
     assert lines[2].startswith("[global sweep 2/2, ETA 0.0 min]")
 
 
+def test_a_long_item_of_a_sweep_is_never_silent(capsys, monkeypatch):
+    import time
+    monkeypatch.setattr(cli, "HEARTBEAT", 0.2)
+    sweep = cli.Sweep(2, "k")
+    time.sleep(0.5)                       # item 1 runs: two beats, no ETA yet
+    sweep.done("k=1")
+    time.sleep(0.3)                       # item 2: one beat, with an ETA
+    sweep.done("k=2")
+    time.sleep(0.5)                       # all done: silence
+    lines = capsys.readouterr().out.splitlines()
+    beats = [line for line in lines if "running for" in line]
+    assert [b.split("]")[0] for b in beats[:2]] == ["[k 1/2", "[k 1/2"]
+    assert beats[-1].startswith("[k 2/2, ETA ") and len(beats) in (3, 4)
+    assert lines[-1].startswith("[k 2/2, ETA 0.0 min] k=2")
+
+
+def test_a_heartbeat_speaks_while_its_block_runs_and_stops_after(capsys, monkeypatch):
+    import time
+    monkeypatch.setattr(cli, "HEARTBEAT", 0.2)
+    with cli.Heartbeat("converting"):
+        time.sleep(0.5)
+    time.sleep(0.5)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "converting ..." and len(lines) == 3
+    assert all(line.startswith("converting: running for ") for line in lines[1:])
+
+
 def test_runs_of_other_settings_in_one_folder_keep_each_others_models(tmp_path):
     import keras
     import numpy as np

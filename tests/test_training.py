@@ -7,7 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from common.training import fit_resumable, Lookahead
+from common import cli
+from common.training import fit_resumable, Lookahead, Progress
 from common.evaluation import predict_flip_translate_tta, recalibrate_batchnorm
 from common.finetune import Distillation
 
@@ -32,6 +33,19 @@ def set_weight(model, value):
 
 def weight(model):
     return float(keras.ops.convert_to_numpy(model.layers[0].kernel)[0, 0])
+
+
+def test_progress_in_a_log_says_the_step_between_epoch_lines(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "HEARTBEAT", 0.0)        # every step is "long"
+    progress = Progress()
+    progress.set_params({"epochs": 2, "steps": 3})
+    progress.on_epoch_begin(1)
+    for batch in range(3):
+        progress.on_train_batch_end(batch, {"loss": 1.0})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "epoch 2/2: step 1/3", "epoch 2/2: step 2/3", "epoch 2/2: step 3/3"]
+    assert lines[-1].endswith("ETA 0 s")
 
 
 def test_lookahead_does_nothing_before_its_start_epoch():
