@@ -21,7 +21,7 @@ report.
     python part5_budget.py --latency-budget 0.1      # 10x faster than float32 (~30 min)
     python part5_budget.py                           # the front, budgets 0.5 ... 0.05 (~1.5 h)
     python part5_budget.py --latency-budget-ms 0.2   # a budget in ms per image
-    python part5_budget.py --quick                   # a newcomer's try (5 min AMD EPYC, 17 min Xeon)
+    python part5_budget.py --quick                   # a newcomer's try (5 min AMD EPYC, 11-17 min Xeon)
     python part5_budget.py --model M --keeps 1 0.75 0.5 --ranks none 0.5   # a smaller grid
     python part5_budget.py --plot-only               # redraw the figures
 
@@ -126,7 +126,7 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="a small search: keeps 1 and 0.5, ranks none and 0.5, budget "
                              "0.1, 10,000 training images, 1 epoch (on a fresh clone, 2 cores: 4.6 min "
-                             "on an AMD EPYC, 17 min on an Intel Xeon with AMX)")
+                             "on an AMD EPYC, 11-17 min on an Intel Xeon with AMX)")
     args = parser.parse_args(argv)
     if args.latency_budget and args.latency_budget_ms:
         parser.error("--latency-budget and --latency-budget-ms: give one of them")

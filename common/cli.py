@@ -244,7 +244,7 @@ def run_main(main, argv=None):
         return 130
 
 
-HEARTBEAT = 20.0   # seconds: the longest a step goes without a line saying it runs
+HEARTBEAT = 15.0   # seconds: the longest a step goes without a line saying it runs
 
 
 def _beat(ref, stop):

@@ -1,5 +1,6 @@
 """What a model costs: parameters, FLOPs and forward-pass time, measured side by side."""
 
+import contextlib
 import random
 import sys
 import time
@@ -8,6 +9,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from common import cli
 from common.models import leaf_layers
 
 
@@ -108,12 +110,11 @@ def time_interleaved(runners, inputs, repeats=5, seed=0, progress=False):
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    if progress:
-        print(f"warming up {len(runners)} runners (one untimed pass each), then {repeats} "
-              "timed rounds ...", flush=True)
-    for run in runners.values():
-        for x in inputs:
-            run(x)
+    with (cli.Heartbeat(f"warming up {len(runners)} runners (one untimed pass each), then "
+                        f"{repeats} timed rounds") if progress else contextlib.nullcontext()):
+        for run in runners.values():
+            for x in inputs:
+                run(x)
     order = list(runners)
     rng = random.Random(seed)
     seconds = {name: [] for name in order}
