@@ -35,8 +35,10 @@ def depthwise_only(path):
 
 
 def test_filter_removal_prunes_a_resnet_through_its_adds(tiny_cifar, resnet_file, tmp_path,
-                                                         capsys):
+                                                         capsys, monkeypatch):
     import part2_structured
+    monkeypatch.setitem(part2_structured.CONFIG, "criteria", ["l1"])   # one is enough here
+    monkeypatch.setitem(part2_structured.CONFIG, "sensitivity_shares", [0.5])
     argv = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--model",
             resnet_file, "--flops-reductions", "0.3", "--fine-tune-epochs", "0"]
     assert cli.run_main(part2_structured.main, argv) == 0
@@ -98,6 +100,7 @@ def test_the_latency_search_composes_removal_and_tucker_through_residual_adds(
                 for t in threads}
     monkeypatch.setattr(deploy, "time_per_image", bytes_as_seconds)
     monkeypatch.setitem(part5_budget.CONFIG, "calibration_models", 2)
+    monkeypatch.setitem(part5_budget.CONFIG, "candidates", 1)
     argv = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--model", resnet_file,
             "--quick", "--latency-budget", "0.8", "--batch-size", "30", "--precision", "float32"]
     assert cli.run_main(part5_budget.main, argv) == 0

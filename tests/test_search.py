@@ -186,6 +186,7 @@ def test_tiny_end_to_end_search(tiny_cifar, tiny_model_file, tmp_path, sealed_te
                                 monkeypatch):
     sealed_test_set(part5_budget)
     monkeypatch.setitem(part5_budget.CONFIG, "calibration_models", 2)
+    monkeypatch.setitem(part5_budget.CONFIG, "candidates", 1)
     from common import deploy
     timed = []
 
