@@ -110,30 +110,31 @@ def time_interleaved(runners, inputs, repeats=5, seed=0, progress=False):
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    with (cli.Heartbeat(f"warming up {len(runners)} runners (one untimed pass each), then "
-                        f"{repeats} timed rounds") if progress else contextlib.nullcontext()):
+    # A line at least every cli.HEARTBEAT seconds, the warm-up and long rounds too.
+    with (cli.Heartbeat(f"timing {len(runners)} runners: a warm-up (one untimed pass each), "
+                        f"then {repeats} rounds") if progress else contextlib.nullcontext()):
         for run in runners.values():
             for x in inputs:
                 run(x)
-    order = list(runners)
-    rng = random.Random(seed)
-    seconds = {name: [] for name in order}
-    terminal = sys.stdout.isatty()
-    bar = keras.utils.Progbar(repeats, verbose=1 if progress and terminal else 0,
-                              unit_name="round")
-    began = time.perf_counter()
-    for done in range(1, repeats + 1):
-        rng.shuffle(order)
-        for name in order:
-            run = runners[name]
-            start = time.perf_counter()
-            for x in inputs:
-                run(x)
-            seconds[name].append(time.perf_counter() - start)
-        bar.update(done)
-        if progress and not terminal:   # a log: a line a round, with the time left
-            left = (time.perf_counter() - began) / done * (repeats - done)
-            print(f"round {done}/{repeats}, {left:.0f} s left", flush=True)
+        order = list(runners)
+        rng = random.Random(seed)
+        seconds = {name: [] for name in order}
+        terminal = sys.stdout.isatty()
+        bar = keras.utils.Progbar(repeats, verbose=1 if progress and terminal else 0,
+                                  unit_name="round")
+        began = time.perf_counter()
+        for done in range(1, repeats + 1):
+            rng.shuffle(order)
+            for name in order:
+                run = runners[name]
+                start = time.perf_counter()
+                for x in inputs:
+                    run(x)
+                seconds[name].append(time.perf_counter() - start)
+            bar.update(done)
+            if progress and not terminal:   # a log: a line a round, with the time left
+                left = (time.perf_counter() - began) / done * (repeats - done)
+                print(f"round {done}/{repeats}, {left:.0f} s left", flush=True)
     return seconds
 
 
