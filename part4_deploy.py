@@ -200,6 +200,7 @@ def convert(run, sources, splits):
             made = deploy.to_flatbuffers([(model, p, calibration, sparse) for p, sparse in pairs])
         except ValueError as err:
             raise ValueError(f"{cli.shown_path(path)}: {err}") from None
+        nonzero, flops = measure.count_nonzero_params(model), measure.count_flops(model)
         for (precision, sparse), flatbuffer in zip(pairs, made):
             name = variant_name(model_name, precision, sparse)
             target = os.path.join(litert_dir, name.replace(" ", "_") + ".tflite")
@@ -209,8 +210,7 @@ def convert(run, sources, splits):
                    "tflite": cli.shown_path(target), "tflite_sha256": file_digest(target),
                    "ops": sorted(deploy.op_names(flatbuffer)),
                    "delegate": deploy.predictor(flatbuffer).delegate,
-                   "nonzero_params": measure.count_nonzero_params(model),
-                   "flops": measure.count_flops(model), **deploy.sizes(flatbuffer)}
+                   "nonzero_params": nonzero, "flops": flops, **deploy.sizes(flatbuffer)}
             old = stored.get(name)
             if old and old["tflite_sha256"] == row["tflite_sha256"]:
                 row = {**old, **row}  # the same file made again: what was measured on it stands
