@@ -305,30 +305,36 @@ def published_table(base, rows, timed):
     return "\n".join(out)
 
 
-def seeds_table(part2s_runs, reduction):
+def seeds_table(part2s_runs, reduction, bases=None):
     """The base and the filter-removal row at `reduction` over seeds: each
-    seed's test accuracy, then the mean and the sample standard deviation.
+    seed's test accuracy, then each column's mean and sample standard
+    deviation over the seeds that have it.
 
     part2s_runs : dict seed -> that seed's Part 2 structured run (its base
         trained with the seed, the row fine-tuned with it)
+    bases : dict seed -> the base's test accuracy (Part 1) for seeds whose
+        Part 2 structured run is not there yet: their base counts, their row
+        is a dash
     """
-    out = ["| seed | base | filters removed | Δ |", "|---|---|---|---|"]
-    pairs = []
-    for seed, run in sorted(part2s_runs.items()):
+    seeds = {seed: (base, None) for seed, base in (bases or {}).items()}
+    for seed, run in part2s_runs.items():
         row = next((r for r in run.get("finetuned", []) if r["flops_reduction"] == reduction
                     and r.get("test_accuracy") is not None), None)
         base = run.get("original", {}).get("test_accuracy")
-        if row is None or base is None:
-            continue
-        pairs.append((base, row["test_accuracy"]))
-        out.append(f"| {seed} | {_pct(base)} | {_pct(row['test_accuracy'])} "
-                   f"| {_points(row['test_accuracy'], base)} |")
-    if len(pairs) > 1:
-        bases, pruned = np.array(pairs).T
-        out.append(f"| mean ± sd (n = {len(pairs)}) | {100 * bases.mean():.2f} ± "
-                   f"{100 * bases.std(ddof=1):.2f}% | {100 * pruned.mean():.2f} ± "
-                   f"{100 * pruned.std(ddof=1):.2f}% | {100 * (pruned - bases).mean():+.2f} ± "
-                   f"{100 * (pruned - bases).std(ddof=1):.2f} |")
+        if base is not None:
+            seeds[seed] = (base, row and row["test_accuracy"])
+    out = ["| seed | base | filters removed | Δ |", "|---|---|---|---|"]
+    out += [f"| {seed} | {_pct(base)} | {_pct(pruned)} | {_points(pruned, base)} |"
+            for seed, (base, pruned) in sorted(seeds.items())]
+    pairs = np.array([pair for pair in seeds.values() if pair[1] is not None]).reshape(-1, 2)
+
+    def spread(values, form=".2f", unit="%"):
+        values = 100 * np.asarray(values)
+        return "—" if len(values) < 2 else (f"{values.mean():{form}} ± "
+                                            f"{values.std(ddof=1):.2f}{unit} (n = {len(values)})")
+    if len(seeds) > 1:
+        out.append(f"| mean ± sd | {spread([b for b, _ in seeds.values()])} "
+                   f"| {spread(pairs[:, 1])} | {spread(pairs[:, 1] - pairs[:, 0], '+.2f', '')} |")
     return "\n".join(out)
 
 
@@ -511,15 +517,19 @@ def resnet56_sections(output_dir, figure=None):
                 out += ["", "wrote " + plot_published(PUBLISHED_RESNET56, base, rows, timed,
                                                       figure_path(figure, timed, i == 0))]
             out.append("")
-        seeds = {part2s["settings"]["seed"]: part2s}
-        for path in sorted(glob.glob(os.path.join(output_dir, "seed*", "results",
-                                                  "part2_structured.json"))):
-            for run in ResultsStore(path).runs():
+        seeds, bases = {part2s["settings"]["seed"]: part2s}, {}
+        for folder in sorted(glob.glob(os.path.join(output_dir, "seed*", "results"))):
+            for run in ResultsStore(os.path.join(folder, "part2_structured.json")).runs():
                 seeds.setdefault(run["settings"]["seed"], run)
+            for run in ResultsStore(os.path.join(folder, "part1.json")).runs():
+                trained = run.get("experiments", {}).get("resnet56", {})
+                if trained.get("complete") and "final_test_accuracy" in trained:
+                    bases[run["settings"]["seed"]] = trained["final_test_accuracy"]
+        bases = {seed: base for seed, base in bases.items() if seed not in seeds}
         for reduction in sorted({r["flops_reduction"] for r in part2s.get("finetuned", [])}):
-            if len(seeds) > 1:
+            if len(seeds) + len(bases) > 1:
                 out += [f"Over seeds, filters removed at −{100 * reduction:g}% FLOPs",
-                        "", seeds_table(seeds, reduction), ""]
+                        "", seeds_table(seeds, reduction, bases), ""]
     if figure and not out:
         raise ValueError(f"--figure: no Part 2 structured run on a resnet56.keras in "
                          f"{output_dir}/results: nothing to draw")

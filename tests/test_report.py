@@ -106,17 +106,28 @@ def test_the_spread_over_seeds_by_hand(tmp_path, capsys):
             2: structured_run(2, 0.876, 0.877)}
     table = report.seeds_table(runs, 0.531)
     # bases 88.0, 88.4, 87.6: mean 88.0, sd 0.4; deltas -0.2, -0.5, +0.1: mean -0.2, sd 0.3
-    assert "| mean ± sd (n = 3) | 88.00 ± 0.40% | 87.80 ± 0.10% | -0.20 ± 0.30 |" in table
+    assert ("| mean ± sd | 88.00 ± 0.40% (n = 3) | 87.80 ± 0.10% (n = 3) | -0.20 ± 0.30 (n = 3) |"
+            in table)
+    # a seed whose base is trained but not yet pruned: the base counts, the row is a dash;
+    # bases 88.0, 88.4, 87.6, 88.8: mean 88.2, sd 0.516
+    table = report.seeds_table(runs, 0.531, bases={3: 0.888})
+    assert "| 3 | 88.80% | — | — |" in table
+    assert "| mean ± sd | 88.20 ± 0.52% (n = 4) | 87.80 ± 0.10% (n = 3) |" in table
     for seed, run in runs.items():                      # the folder layout of resnet56/
         folder = tmp_path / (f"seed{seed}" if seed else "")
         os.makedirs(folder / "results", exist_ok=True)
         ResultsStore(str(folder / "results" / "part2_structured.json")).update(
             run["settings"], lambda stored, run=run: stored.update(
                 {k: v for k, v in run.items() if k != "settings"}))
+    os.makedirs(tmp_path / "seed3" / "results")       # its base trained, Part 2 to come
+    resnet = {"experiments": {"resnet56": {"complete": True, "final_test_accuracy": 0.888}}}
+    ResultsStore(str(tmp_path / "seed3" / "results" / "part1.json")).update(
+        {"seed": 3}, lambda stored: stored.update(resnet))
     figure = tmp_path / "published.png"
     assert report.main(["--output-dir", str(tmp_path), "--figure", str(figure)]) == 0
     out = capsys.readouterr().out
-    assert "| mean ± sd (n = 3) |" in out and "ResNet-56 beside the published rows" in out
+    assert "| mean ± sd | 88.20 ± 0.52% (n = 4) |" in out
+    assert "ResNet-56 beside the published rows" in out
     assert figure.stat().st_size > 10_000
 
 
