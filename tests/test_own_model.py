@@ -90,9 +90,9 @@ def channels_whole(path):
 
 def test_the_latency_search_removes_filters_through_residual_adds(
         tiny_cifar, resnet_file, tmp_path, monkeypatch):
-    """Part 5 end to end on a ResNet file (filter removal alone: Tucker-2 through
-    residual adds is tests/test_search.py's, Part 5's Tucker blocks its end-to-end
-    chain's)."""
+    """Part 5 end to end on a ResNet file, filter removal alone (Tucker-2 inside
+    residual blocks: tests/test_search.py's residual space by hand; Part 5 with
+    Tucker blocks: its end-to-end search on a chain)."""
     import part5_budget
     from common import deploy
 
