@@ -312,9 +312,9 @@ def seeds_table(part2s_runs, reduction, bases=None):
 
     part2s_runs : dict seed -> that seed's Part 2 structured run (its base
         trained with the seed, the row fine-tuned with it)
-    bases : dict seed -> the base's test accuracy (Part 1) for seeds whose
-        Part 2 structured run is not there yet: their base counts, their row
-        is a dash
+    bases : dict seed -> the base's test accuracy (Part 1); it counts for a
+        seed whose Part 2 structured run is not there or has not yet measured
+        its base, whose row is then a dash
     """
     seeds = {seed: (base, None) for seed, base in (bases or {}).items()}
     for seed, run in part2s_runs.items():
@@ -499,6 +499,14 @@ def resnet56_sections(output_dir, figure=None):
     scratch = {os.path.basename(info.get("config", {}).get("architecture", "")):
                info["test_accuracy"] for info in map(read_json, glob.glob(os.path.join(
                    output_dir, "models", "scratch-*.json")))}
+    other_seeds, other_bases = {}, {}
+    for folder in sorted(glob.glob(os.path.join(output_dir, "seed*", "results"))):
+        for run in ResultsStore(os.path.join(folder, "part2_structured.json")).runs():
+            other_seeds.setdefault(run["settings"]["seed"], run)
+        for run in ResultsStore(os.path.join(folder, "part1.json")).runs():
+            trained = run.get("experiments", {}).get("resnet56", {})
+            if trained.get("complete") and "final_test_accuracy" in trained:
+                other_bases[run["settings"]["seed"]] = trained["final_test_accuracy"]
     out = []
     for part2s in ResultsStore(os.path.join(output_dir, "results",
                                             "part2_structured.json")).runs():
@@ -517,19 +525,11 @@ def resnet56_sections(output_dir, figure=None):
                 out += ["", "wrote " + plot_published(PUBLISHED_RESNET56, base, rows, timed,
                                                       figure_path(figure, timed, i == 0))]
             out.append("")
-        seeds, bases = {part2s["settings"]["seed"]: part2s}, {}
-        for folder in sorted(glob.glob(os.path.join(output_dir, "seed*", "results"))):
-            for run in ResultsStore(os.path.join(folder, "part2_structured.json")).runs():
-                seeds.setdefault(run["settings"]["seed"], run)
-            for run in ResultsStore(os.path.join(folder, "part1.json")).runs():
-                trained = run.get("experiments", {}).get("resnet56", {})
-                if trained.get("complete") and "final_test_accuracy" in trained:
-                    bases[run["settings"]["seed"]] = trained["final_test_accuracy"]
-        bases = {seed: base for seed, base in bases.items() if seed not in seeds}
+        seeds = {**other_seeds, part2s["settings"]["seed"]: part2s}
         for reduction in sorted({r["flops_reduction"] for r in part2s.get("finetuned", [])}):
-            if len(seeds) + len(bases) > 1:
+            if len(seeds.keys() | other_bases.keys()) > 1:
                 out += [f"Over seeds, filters removed at −{100 * reduction:g}% FLOPs",
-                        "", seeds_table(seeds, reduction, bases), ""]
+                        "", seeds_table(seeds, reduction, other_bases), ""]
     if figure and not out:
         raise ValueError(f"--figure: no Part 2 structured run on a resnet56.keras in "
                          f"{output_dir}/results: nothing to draw")

@@ -119,10 +119,12 @@ def test_the_spread_over_seeds_by_hand(tmp_path, capsys):
         ResultsStore(str(folder / "results" / "part2_structured.json")).update(
             run["settings"], lambda stored, run=run: stored.update(
                 {k: v for k, v in run.items() if k != "settings"}))
-    os.makedirs(tmp_path / "seed3" / "results")       # its base trained, Part 2 to come
+    os.makedirs(tmp_path / "seed3" / "results")       # its base trained, Part 2 under way
     resnet = {"experiments": {"resnet56": {"complete": True, "final_test_accuracy": 0.888}}}
     ResultsStore(str(tmp_path / "seed3" / "results" / "part1.json")).update(
         {"seed": 3}, lambda stored: stored.update(resnet))
+    ResultsStore(str(tmp_path / "seed3" / "results" / "part2_structured.json")).update(
+        {"seed": 3}, lambda stored: stored.update({"sensitivity": {}}))
     figure = tmp_path / "published.png"
     assert report.main(["--output-dir", str(tmp_path), "--figure", str(figure)]) == 0
     out = capsys.readouterr().out
