@@ -526,8 +526,8 @@ def resnet56_sections(output_dir, figure=None):
                                                       figure_path(figure, timed, i == 0))]
             out.append("")
         seeds = {**other_seeds, part2s["settings"]["seed"]: part2s}
-        for reduction in sorted({r["flops_reduction"] for r in part2s.get("finetuned", [])}):
-            if len(seeds.keys() | other_bases.keys()) > 1:
+        if len(seeds.keys() | other_bases.keys()) > 1:
+            for reduction in sorted({r["flops_reduction"] for r in part2s.get("finetuned", [])}):
                 out += [f"Over seeds, filters removed at −{100 * reduction:g}% FLOPs",
                         "", seeds_table(seeds, reduction, other_bases), ""]
     if figure and not out:
