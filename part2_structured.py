@@ -62,6 +62,10 @@ CONFIG = {
     "litert_timing": {"runtime": "litert float32", "batch_size": 1, "threads": 1,
                       "repeats": 7, "images": 300, "batch_norm_folded": True},
 }
+# Settings the sensitivity sweep and the screen of candidates do not read: a
+# new run that differs from a stored one only in these takes over its
+# measurements (hours on a ResNet-56) instead of making them again.
+SCREEN_FREE = ("flops_reductions", "fine_tune")
 RESULTS_FILE = "part2_structured.json"
 SUMMARY = {"median": NUMBER, "min": NUMBER, "max": NUMBER, "ratio": NUMBER}
 CANDIDATE = {"key": str, "flops_reduction": NUMBER, "criterion": str, "allocation": str,
@@ -71,6 +75,7 @@ SCHEMA = {
     "original": {"validation_accuracy": NUMBER, "test_accuracy?": NUMBER},
     "sensitivity": Map(Map({"share": [NUMBER], "accuracy": [NUMBER]})),
     "candidates": [CANDIDATE],
+    "screen_from?": str,
     "finetuned": [{**CANDIDATE, "validation_accuracy_fine_tuned": NUMBER, "model": str,
                    "model_sha256": str, "test_accuracy?": NUMBER}],
     "timings": [{"machine": dict, "label": str, "params": dict, "digests": Map(str),
@@ -189,6 +194,32 @@ def sensitivity_sweep(run, model, scores, splits):
         sweep.done(f"{criterion} {name}: " + " ".join(
             f"{s:g}:{a:.3f}" for s, a in zip(curve["share"], accuracies)))
     return run.find()["sensitivity"]
+
+
+def take_over_screen(run):
+    """A new run's sensitivity curves, and the candidates at its reductions,
+    copied from a stored run (of its results file, or the repository's) whose
+    settings differ only in SCREEN_FREE (same model digest, data, criteria and
+    shares); the run names it in "screen_from". Returns that run's label, or None."""
+    from common.results import ResultsStore, settings_label
+    if run.force or run.find().get("sensitivity"):
+        return None
+    own = {k: v for k, v in run.settings.items() if k not in SCREEN_FREE}
+    committed = os.path.join(cli.REPO_ROOT, "results", RESULTS_FILE)
+    stored = run.store.runs() + ([] if os.path.abspath(run.store.path) == committed else
+                                 ResultsStore(committed, SCHEMA).runs())
+    for other in stored:
+        same = {k: v for k, v in other["settings"].items() if k not in SCREEN_FREE} == own
+        if same and other["settings"] != run.settings and other.get("sensitivity"):
+            label = settings_label(other["settings"])
+            rows = [row for row in other.get("candidates", [])
+                    if row["flops_reduction"] in run.settings["flops_reductions"]]
+            run.update(lambda r: r.update(sensitivity=other["sensitivity"], candidates=rows,
+                                          screen_from=label))
+            print(f"sensitivity and {len(rows)} candidates taken over from run-{label} "
+                  f"(the same model, data and screen)")
+            return label
+    return None
 
 
 def allocate(model, allocation, scores, curves, flops_fraction):
@@ -362,6 +393,7 @@ def main(argv=None):
     with cli.Heartbeat(f"scoring each group's channels by {', '.join(run.settings['criteria'])} "
                        f"({len(images):,} training images)"):
         scores = importance(model, names, images, run.settings["criteria"])
+    take_over_screen(run)
     curves = sensitivity_sweep(run, model, scores, splits)
     screen(run, model, names, scores, curves, splits)
     if run.settings["fine_tune"]:

@@ -490,8 +490,9 @@ def figure_path(figure, timed, first):
 
 
 def resnet56_sections(output_dir, figure=None):
-    """For each Part 2 structured run on a resnet56.keras under `output_dir`:
-    our rows beside the published ones (with the Tucker, search, magnitude
+    """For the first Part 2 structured run on each resnet56.keras under
+    `output_dir` (later runs on the same model, with other reductions or
+    fine-tuning, are in the part's own tables): our rows beside the published ones (with the Tucker, search, magnitude
     pruning, LiteRT and Scratch-B runs made from the same base there), one
     table per machine that timed them; where output_dir/seed*/ hold the same
     study for other seeds, the spread; with `figure`, the comparison drawn to
@@ -507,12 +508,14 @@ def resnet56_sections(output_dir, figure=None):
             trained = run.get("experiments", {}).get("resnet56", {})
             if trained.get("complete") and "final_test_accuracy" in trained:
                 other_bases[run["settings"]["seed"]] = trained["final_test_accuracy"]
-    out = []
+    out, seen = [], set()
     for part2s in ResultsStore(os.path.join(output_dir, "results",
                                             "part2_structured.json")).runs():
-        if os.path.basename(part2s.get("meta", {}).get("model", "")) != "resnet56.keras":
-            continue
         digest = part2s["settings"]["model_sha256"]
+        if (os.path.basename(part2s.get("meta", {}).get("model", "")) != "resnet56.keras"
+                or digest in seen):
+            continue
+        seen.add(digest)
         part2, part3 = ((_runs_on(output_dir, part, digest) or [None])[-1]
                         for part in ("part2", "part3"))
         pairs = per_machine(_runs_on(output_dir, "part4", digest),

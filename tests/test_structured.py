@@ -7,7 +7,7 @@ import pytest
 from keras import layers
 
 from common import measure, models, structured
-from common.results import file_digest
+from common.results import ResultsStore, file_digest, settings_label
 from tests.conftest import tiny_classifier
 from tests.test_inference import randomize_batchnorm
 
@@ -249,6 +249,18 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, capsys, seal
     figure.unlink()
     assert cli.run_main(part2_structured.main, ["--plot-only", "--output-dir", out]) == 0
     assert figure.exists()
+    # Other reductions or fine-tuning: the sweep and the screen are taken over.
+    other = argv[:argv.index("--flops-reductions")] + ["--flops-reductions", "0.5",
+                                                       "--fine-tune-epochs", "0"]
+    assert cli.run_main(part2_structured.main, other) == 0
+    printed = capsys.readouterr().out
+    assert "sensitivity and 6 candidates taken over from run-" in printed
+    assert "sensitivity: 6 of 6 done already" in printed
+    assert "pruned candidate: 6 of 6 done already" in printed
+    taken = next(r for r in ResultsStore(str(tmp_path / "results" / "part2_structured.json"))
+                 .runs() if r["settings"]["fine_tune"] is None)
+    assert taken["sensitivity"] == run["sensitivity"]
+    assert taken["screen_from"] == settings_label(run["settings"])
 
 
 def test_an_interrupted_fine_tune_resumes_from_its_last_epoch(tmp_path):
