@@ -492,11 +492,12 @@ def figure_path(figure, timed, first):
 def resnet56_sections(output_dir, figure=None):
     """For the first Part 2 structured run on each resnet56.keras under
     `output_dir` (later runs on the same model, with other reductions or
-    fine-tuning, are in the part's own tables): our rows beside the published ones (with the Tucker, search, magnitude
-    pruning, LiteRT and Scratch-B runs made from the same base there), one
-    table per machine that timed them; where output_dir/seed*/ hold the same
-    study for other seeds, the spread; with `figure`, the comparison drawn to
-    that path (another machine's beside it, see `figure_path`)."""
+    fine-tuning, are in the part's own tables): our rows beside the published
+    ones (with the Tucker, search, magnitude pruning, LiteRT and Scratch-B
+    runs made from the same base there), one table per machine that timed
+    them; where output_dir/seed*/ hold the same study for other seeds, the
+    spread; with `figure`, the comparison drawn to that path (another
+    machine's beside it, see `figure_path`)."""
     scratch = {os.path.basename(info.get("config", {}).get("architecture", "")):
                info["test_accuracy"] for info in map(read_json, glob.glob(os.path.join(
                    output_dir, "models", "scratch-*.json")))}
