@@ -16,7 +16,7 @@ with the original on this machine in Keras (batch 256) and in LiteRT
 (float32, batch 1, 1 thread).
 
     python part2_structured.py                     # everything (~50 min on 2 CPU cores)
-    python part2_structured.py --flops-reductions 0.5 --fine-tune-epochs 0   # quick (6 min, AMD EPYC)
+    python part2_structured.py --flops-reductions 0.5 --fine-tune-epochs 0   # quick (committed sweep reused)
     python part2_structured.py --plot-only         # redraw the figure from the JSON
 
 The model is models/reference.keras of --output-dir, else the repository's;
@@ -201,16 +201,14 @@ def take_over_screen(run):
     copied from a stored run (of its results file, or the repository's) whose
     settings differ only in SCREEN_FREE (same model digest, data, criteria and
     shares); the run names it in "screen_from". Returns that run's label, or None."""
-    from common.results import ResultsStore, settings_label
+    from common.results import runs_alike, settings_label
     if run.force or run.find().get("sensitivity"):
         return None
-    own = {k: v for k, v in run.settings.items() if k not in SCREEN_FREE}
-    committed = os.path.join(cli.REPO_ROOT, "results", RESULTS_FILE)
-    stored = run.store.runs() + ([] if os.path.abspath(run.store.path) == committed else
-                                 ResultsStore(committed, SCHEMA).runs())
-    for other in stored:
-        same = {k: v for k, v in other["settings"].items() if k not in SCREEN_FREE} == own
-        if same and other["settings"] != run.settings and other.get("sensitivity"):
+    keys = [k for k in run.settings if k not in SCREEN_FREE]
+    paths = dict.fromkeys(os.path.abspath(path) for path in (
+        run.store.path, os.path.join(cli.REPO_ROOT, "results", RESULTS_FILE)))
+    for other in (other for path in paths for other in runs_alike(path, run.settings, keys)):
+        if other["settings"] != run.settings and other.get("sensitivity"):
             label = settings_label(other["settings"])
             rows = [row for row in other.get("candidates", [])
                     if row["flops_reduction"] in run.settings["flops_reductions"]]
