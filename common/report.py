@@ -217,6 +217,11 @@ def _deployed(part4, name):
             min(int8, default=None))
 
 
+def _fine_tune_epochs(part2s):
+    """The fine-tuning epochs of a Part 2 structured run."""
+    return part2s.get("settings", {}).get("fine_tune", {}).get("epochs")
+
+
 def resnet56_rows(part2s, scratch=None, part2=None, part3=None, part5=None, part4=None):
     """Our models of one base, for the table beside the published rows.
 
@@ -255,7 +260,7 @@ def resnet56_rows(part2s, scratch=None, part2=None, part3=None, part5=None, part
     base = part2s.get("original", {}).get("test_accuracy")
     if _deployed(part4, "original")[0]:                  # what int8 alone buys
         add("original", "the base, deployed as it is", base, 1.0, "original")
-    epochs = part2s.get("settings", {}).get("fine_tune", {}).get("epochs")
+    epochs = _fine_tune_epochs(part2s)
     for r in sorted(part2s.get("finetuned", []), key=lambda r: r["flops_reduction"]):
         name = METHODS["structured"].file_name(r["flops_reduction"])
         row = add("structured", f"filters removed ({r['criterion']}, {r['allocation']}, "
@@ -496,15 +501,18 @@ def resnet56_sections(output_dir, figure=None):
     ones (with the Tucker, search, magnitude pruning, LiteRT and Scratch-B
     runs made from the same base there), one table per machine that timed
     them; where output_dir/seed*/ hold the same study for other seeds, the
-    spread; with `figure`, the comparison drawn to that path (another
+    spread, one table per fine-tuning budget of this seed's runs; with `figure`, the comparison drawn to that path (another
     machine's beside it, see `figure_path`)."""
     scratch = {os.path.basename(info.get("config", {}).get("architecture", "")):
                info["test_accuracy"] for info in map(read_json, glob.glob(os.path.join(
                    output_dir, "models", "scratch-*.json")))}
-    other_seeds, other_bases = {}, {}
+    other_seeds, other_bases = {}, {}           # other_seeds: fine-tuning epochs -> seed -> run
     for folder in sorted(glob.glob(os.path.join(output_dir, "seed*", "results"))):
         for run in ResultsStore(os.path.join(folder, "part2_structured.json")).runs():
-            other_seeds.setdefault(run["settings"]["seed"], run)
+            other_seeds.setdefault(_fine_tune_epochs(run), {}).setdefault(
+                run["settings"]["seed"], run)
+            if run.get("original", {}).get("test_accuracy") is not None:
+                other_bases.setdefault(run["settings"]["seed"], run["original"]["test_accuracy"])
         for run in ResultsStore(os.path.join(folder, "part1.json")).runs():
             trained = run.get("experiments", {}).get("resnet56", {})
             if trained.get("complete") and "final_test_accuracy" in trained:
@@ -529,11 +537,17 @@ def resnet56_sections(output_dir, figure=None):
                 out += ["", "wrote " + plot_published(PUBLISHED_RESNET56, base, rows, timed,
                                                       figure_path(figure, timed, i == 0))]
             out.append("")
-        seeds = {**other_seeds, part2s["settings"]["seed"]: part2s}
-        if len(seeds.keys() | other_bases.keys()) > 1:
-            for reduction in sorted({r["flops_reduction"] for r in part2s.get("finetuned", [])}):
-                out += [f"Over seeds, filters removed at −{100 * reduction:g}% FLOPs",
-                        "", seeds_table(seeds, reduction, other_bases), ""]
+        mine = {}                                   # this seed's first run per fine-tuning
+        for run in _runs_on(output_dir, "part2_structured", digest):
+            mine.setdefault(_fine_tune_epochs(run), run)
+        for epochs, run in mine.items():
+            seeds = {**other_seeds.get(epochs, {}), run["settings"]["seed"]: run}
+            if len(seeds.keys() | other_bases.keys()) < 2:
+                continue
+            for reduction in sorted({r["flops_reduction"] for r in run.get("finetuned", [])}):
+                out += [f"Over seeds, filters removed at −{100 * reduction:g}% FLOPs, "
+                        f"{epochs} epochs of fine-tuning", "",
+                        seeds_table(seeds, reduction, other_bases), ""]
     if figure and not out:
         raise ValueError(f"--figure: no Part 2 structured run on a resnet56.keras in "
                          f"{output_dir}/results: nothing to draw")
