@@ -501,8 +501,9 @@ def resnet56_sections(output_dir, figure=None):
     ones (with the Tucker, search, magnitude pruning, LiteRT and Scratch-B
     runs made from the same base there), one table per machine that timed
     them; where output_dir/seed*/ hold the same study for other seeds, the
-    spread, one table per fine-tuning budget of this seed's runs; with `figure`, the comparison drawn to that path (another
-    machine's beside it, see `figure_path`)."""
+    spread, one table per fine-tuning budget of this seed's runs; with
+    `figure`, the comparison drawn to that path (another machine's beside
+    it, see `figure_path`)."""
     scratch = {os.path.basename(info.get("config", {}).get("architecture", "")):
                info["test_accuracy"] for info in map(read_json, glob.glob(os.path.join(
                    output_dir, "models", "scratch-*.json")))}
