@@ -519,8 +519,8 @@ def resnet56_sections(output_dir, figure=None):
             if trained.get("complete") and "final_test_accuracy" in trained:
                 other_bases[run["settings"]["seed"]] = trained["final_test_accuracy"]
     out, seen = [], set()
-    for part2s in ResultsStore(os.path.join(output_dir, "results",
-                                            "part2_structured.json")).runs():
+    structured = ResultsStore(os.path.join(output_dir, "results", "part2_structured.json")).runs()
+    for part2s in structured:
         digest = part2s["settings"]["model_sha256"]
         if (os.path.basename(part2s.get("meta", {}).get("model", "")) != "resnet56.keras"
                 or digest in seen):
@@ -539,8 +539,9 @@ def resnet56_sections(output_dir, figure=None):
                                                       figure_path(figure, timed, i == 0))]
             out.append("")
         mine = {}                                   # this seed's first run per fine-tuning
-        for run in _runs_on(output_dir, "part2_structured", digest):
-            mine.setdefault(_fine_tune_epochs(run), run)
+        for run in structured:
+            if run["settings"]["model_sha256"] == digest:
+                mine.setdefault(_fine_tune_epochs(run), run)
         for epochs, run in mine.items():
             seeds = {**other_seeds.get(epochs, {}), run["settings"]["seed"]: run}
             if len(seeds.keys() | other_bases.keys()) < 2:
