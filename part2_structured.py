@@ -105,6 +105,9 @@ def parse_args(argv=None):
                         metavar="N", help="epochs of fine-tuning the best pruned model per "
                                           "reduction; 0 skips fine-tuning and timing "
                                           "(default: %(default)s)")
+    parser.add_argument("--fine-tune-peak-lr", type=cli.positive_float("--fine-tune-peak-lr"),
+                        metavar="LR", help="the fine-tuning's peak learning rate (default: the "
+                                           "shared recipe's, common/finetune.py FINE_TUNE)")
     args = parser.parse_args(argv)
     cli.one_model_each(parser, "--flops-reductions", args.flops_reductions,
                        lambda v: f"structured_{reduction_name(v)}")
@@ -114,7 +117,8 @@ def parse_args(argv=None):
 def run_settings(args, model_sha256, data_id):
     """Everything that changes this section's numbers: results are keyed by it."""
     from common.finetune import fine_tune_recipe
-    recipe = fine_tune_recipe(args.fine_tune_epochs, args.batch_size, args.precision) \
+    peak = {"peak_learning_rate": args.fine_tune_peak_lr} if args.fine_tune_peak_lr else {}
+    recipe = fine_tune_recipe(args.fine_tune_epochs, args.batch_size, args.precision, **peak) \
         if args.fine_tune_epochs else None
     keyed = {k: v for k, v in CONFIG.items() if not k.endswith("_timing")}
     return {"model_sha256": model_sha256, **data_id, "train_limit": args.train_limit,

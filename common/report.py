@@ -219,7 +219,23 @@ def _deployed(part4, name):
 
 def _fine_tune_epochs(part2s):
     """The fine-tuning epochs of a Part 2 structured run."""
-    return part2s.get("settings", {}).get("fine_tune", {}).get("epochs")
+    return (part2s.get("settings", {}).get("fine_tune") or {}).get("epochs")
+
+
+def _fine_tuning(part2s):
+    """A Part 2 structured run's fine-tuning recipe, less the precision it
+    computed in (seeds run on different machines): a hashable key."""
+    recipe = part2s.get("settings", {}).get("fine_tune") or {}
+    return tuple(sorted((k, v) for k, v in recipe.items() if k != "precision"))
+
+
+def _fine_tuning_words(recipe, usual):
+    """"10 epochs of fine-tuning", and what of `recipe` (a `_fine_tuning` key)
+    differs from `usual` (another), e.g. ", peak learning rate 0.8"."""
+    recipe, usual = dict(recipe), dict(usual)
+    return f"{recipe.get('epochs')} epochs of fine-tuning" + "".join(
+        f", {k.replace('_', ' ')} {v:g}" for k, v in recipe.items()
+        if k != "epochs" and v != usual.get(k))
 
 
 def resnet56_rows(part2s, scratch=None, part2=None, part3=None, part5=None, part4=None):
@@ -501,16 +517,16 @@ def resnet56_sections(output_dir, figure=None):
     ones (with the Tucker, search, magnitude pruning, LiteRT and Scratch-B
     runs made from the same base there), one table per machine that timed
     them; where output_dir/seed*/ hold the same study for other seeds, the
-    spread, one table per fine-tuning budget of this seed's runs; with
+    spread, one table per fine-tuning recipe of this seed's runs; with
     `figure`, the comparison drawn to that path (another machine's beside
     it, see `figure_path`)."""
     scratch = {os.path.basename(info.get("config", {}).get("architecture", "")):
                info["test_accuracy"] for info in map(read_json, glob.glob(os.path.join(
                    output_dir, "models", "scratch-*.json")))}
-    other_seeds, other_bases = {}, {}           # other_seeds: fine-tuning epochs -> seed -> run
+    other_seeds, other_bases = {}, {}           # other_seeds: fine-tuning recipe -> seed -> run
     for folder in sorted(glob.glob(os.path.join(output_dir, "seed*", "results"))):
         for run in ResultsStore(os.path.join(folder, "part2_structured.json")).runs():
-            other_seeds.setdefault(_fine_tune_epochs(run), {}).setdefault(
+            other_seeds.setdefault(_fine_tuning(run), {}).setdefault(
                 run["settings"]["seed"], run)
             if run.get("original", {}).get("test_accuracy") is not None:
                 other_bases.setdefault(run["settings"]["seed"], run["original"]["test_accuracy"])
@@ -538,17 +554,17 @@ def resnet56_sections(output_dir, figure=None):
                 out += ["", "wrote " + plot_published(PUBLISHED_RESNET56, base, rows, timed,
                                                       figure_path(figure, timed, i == 0))]
             out.append("")
-        mine = {}                                   # this seed's first run per fine-tuning
+        mine = {}                                   # this seed's first run per recipe
         for run in structured:
             if run["settings"]["model_sha256"] == digest:
-                mine.setdefault(_fine_tune_epochs(run), run)
-        for epochs, run in mine.items():
-            seeds = {**other_seeds.get(epochs, {}), run["settings"]["seed"]: run}
+                mine.setdefault(_fine_tuning(run), run)
+        for recipe, run in mine.items():
+            seeds = {**other_seeds.get(recipe, {}), run["settings"]["seed"]: run}
             if len(seeds.keys() | other_bases.keys()) < 2:
                 continue
             for reduction in sorted({r["flops_reduction"] for r in run.get("finetuned", [])}):
                 out += [f"Over seeds, filters removed at −{100 * reduction:g}% FLOPs, "
-                        f"{epochs} epochs of fine-tuning", "",
+                        + _fine_tuning_words(recipe, _fine_tuning(part2s)), "",
                         seeds_table(seeds, reduction, other_bases), ""]
     if figure and not out:
         raise ValueError(f"--figure: no Part 2 structured run on a resnet56.keras in "

@@ -127,19 +127,30 @@ def test_the_spread_over_seeds_by_hand(tmp_path, capsys):
         {"seed": 3}, lambda stored: stored.update({"sensitivity": {}}))
     longer = structured_run(0, 0.880, 0.890)             # seed 0 fine-tuned longer
     longer["settings"]["fine_tune"] = {"epochs": 20}
-    ResultsStore(str(tmp_path / "results" / "part2_structured.json")).update(
-        longer["settings"], lambda stored: stored.update(
-            {k: v for k, v in longer.items() if k != "settings"}))
+    faster = {seed: structured_run(seed, base, pruned)  # seeds 0 and 1 at a higher peak
+              for seed, base, pruned in ((0, 0.880, 0.886), (1, 0.884, 0.885))}
+    for seed, run in faster.items():
+        run["settings"]["fine_tune"] = {"epochs": 10, "peak_learning_rate": 0.8,
+                                        "precision": f"machine {seed}"}
+    for folder, run in (("", longer), ("", faster[0]), ("seed1", faster[1])):
+        ResultsStore(str(tmp_path / folder / "results" / "part2_structured.json")).update(
+            run["settings"], lambda stored, run=run: stored.update(
+                {k: v for k, v in run.items() if k != "settings"}))
     figure = tmp_path / "published.png"
     assert report.main(["--output-dir", str(tmp_path), "--figure", str(figure)]) == 0
     out = capsys.readouterr().out
     assert "| mean ± sd | 88.20 ± 0.52% (n = 4) |" in out
     assert out.count("ResNet-56 beside the published rows") == 1   # the file's first run
-    # one spread per fine-tuning budget; at 20 epochs only seed 0 has its row,
+    # one spread per fine-tuning recipe; at 20 epochs only seed 0 has its row,
     # the other seeds' bases (from their 10-epoch runs and seed 3's Part 1) still count
-    assert out.count("Over seeds") == 2
-    first, longer_table = out.split("Over seeds")[1:]
-    assert "10 epochs of fine-tuning" in first and "| 0 | 88.00% | 87.80% |" in first
+    assert out.count("Over seeds") == 3
+    first, longer_table, faster_table = out.split("Over seeds")[1:]
+    assert "10 epochs of fine-tuning\n" in first and "| 0 | 88.00% | 87.80% |" in first
+    assert "| 1 | 88.40% | 87.90% | -0.50 |" in first
+    # the same epochs at another peak: its own table, whatever precision each seed ran in
+    assert "10 epochs of fine-tuning, peak learning rate 0.8\n" in faster_table
+    assert "| 0 | 88.00% | 88.60% | +0.60 |" in faster_table
+    assert "| 1 | 88.40% | 88.50% | +0.10 |" in faster_table
     assert "20 epochs of fine-tuning" in longer_table and "| 0 | 88.00% | 89.00% | +1.00 |" in longer_table
     assert "| 1 | 88.40% | — | — |" in longer_table
     assert "| mean ± sd | 88.20 ± 0.52% (n = 4) | — | — |" in longer_table

@@ -305,11 +305,26 @@ def test_an_interrupted_fine_tune_resumes_from_its_last_epoch(tmp_path):
     (["--flops-reductions", "0"], "FLOPs reduction must be a number in (0, 1)"),
     (["--flops-reductions", "0.5", "0.5000001"], "name the same model (structured_50)"),
     (["--fine-tune-epochs", "-1"], "must be at least 0"),
+    (["--fine-tune-peak-lr", "0"], "--fine-tune-peak-lr must be a number above 0"),
 ])
 def test_bad_options_exit_2(argv, message, capsys):
     import part2_structured
     from tests.conftest import argparse_error
     assert message in argparse_error(part2_structured.main, argv, capsys)
+
+
+def test_the_peak_learning_rate_keys_the_run():
+    import part2_structured
+    from common.finetune import FINE_TUNE
+    data = {"data": "tiny"}
+
+    def recipe(*options):
+        args = part2_structured.parse_args(["--fine-tune-epochs", "2", *options])
+        return part2_structured.run_settings(args, "digest", data)["fine_tune"]
+    shared, changed = recipe(), recipe("--fine-tune-peak-lr", "0.8")
+    assert shared["peak_learning_rate"] == FINE_TUNE["peak_learning_rate"]
+    assert changed == {**shared, "peak_learning_rate": 0.8}
+    assert recipe("--fine-tune-peak-lr", str(FINE_TUNE["peak_learning_rate"])) == shared
 
 
 def test_an_unknown_or_unprunable_layer_exits_2(tiny_cifar, tiny_model_file, tmp_path, capsys):
