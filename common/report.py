@@ -390,7 +390,7 @@ def part4_table(part4):
         rows.append(
             f"| {_part4_label(row)} | {row['precision']}{' sparse' if row['sparse'] else ''}"
             f"{'' if row.get('delegate', 'XNNPACK') == 'XNNPACK' else ' (no XNNPACK)'} "
-            f"| {_pct(row['test_accuracy'])} | {_pct(row.get('keras_test_accuracy'))} "
+            f"| {_pct(row.get('test_accuracy'))} | {_pct(row.get('keras_test_accuracy'))} "
             + (f"| {1e3 * one['median']:.3f} ({1e3 * one['min']:.3f}–{1e3 * one['max']:.3f}) "
                f"| {one['ratio']:.3f} | {latency['2']['ratio']:.3f} " if one
                else "| not timed | | ")

@@ -101,6 +101,14 @@ def test_part_4s_run_gives_float32_int8_and_the_smallest_int8_file():
     assert search["macs"] == 4.0 and "float32" not in search       # not deployed by Part 4
 
 
+def test_a_part_4_run_under_way_is_tabulated():
+    """A flatbuffer converted but not yet evaluated or timed (Part 4 writes as it goes)."""
+    row = {"name": "original float32", "family": "original", "precision": "float32",
+           "sparse": False, "bytes": 3000, "gzip_bytes": 2000}
+    table = report.part4_table({"models": [row]})
+    assert table.splitlines()[-1] == "| original | float32 | — | — | not timed | | | 3,000 | 2,000 |"
+
+
 def test_the_spread_over_seeds_by_hand(tmp_path, capsys):
     runs = {0: structured_run(0, 0.880, 0.878), 1: structured_run(1, 0.884, 0.879),
             2: structured_run(2, 0.876, 0.877)}
