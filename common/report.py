@@ -217,11 +217,6 @@ def _deployed(part4, name):
             min(int8, default=None))
 
 
-def _fine_tune_epochs(part2s):
-    """The fine-tuning epochs of a Part 2 structured run."""
-    return (part2s.get("settings", {}).get("fine_tune") or {}).get("epochs")
-
-
 def _fine_tuning(part2s):
     """A Part 2 structured run's fine-tuning recipe, less the precision it
     computed in (seeds run on different machines): a hashable key."""
@@ -233,17 +228,24 @@ def _fine_tuning_words(recipe, usual):
     """"10 epochs of fine-tuning", and what of `recipe` (a `_fine_tuning` key)
     differs from `usual` (another), e.g. ", peak learning rate 0.8"."""
     recipe, usual = dict(recipe), dict(usual)
+    if not recipe:
+        return "not fine-tuned"
     return f"{recipe.get('epochs')} epochs of fine-tuning" + "".join(
         f", {k.replace('_', ' ')} {v:g}" for k, v in recipe.items()
         if k != "epochs" and v != usual.get(k))
 
 
-def resnet56_rows(part2s, scratch=None, part2=None, part3=None, part5=None, part4=None):
+def resnet56_rows(part2s, scratch=None, part2=None, part3=None, part5=None, part4=None,
+                  later=()):
     """Our models of one base, for the table beside the published rows.
 
     part2s : a Part 2 structured run (its original: the base; its fine-tuned
         filter-removed models); part2, part3, part5, part4 : the magnitude
         pruning, Tucker, search and LiteRT runs on the same base, or None
+    later : Part 2 structured runs on the same base with other fine-tuning
+        recipes; each of their models that keeps the same filters as one of
+        part2s's is a row with that model's time (the same architecture),
+        without bytes (not deployed)
     scratch : file name of a pruned model -> test accuracy of its architecture
         trained from scratch (Scratch-B)
     Returns (base test accuracy, rows, machine label of the timings or None).
@@ -276,17 +278,26 @@ def resnet56_rows(part2s, scratch=None, part2=None, part3=None, part5=None, part
     base = part2s.get("original", {}).get("test_accuracy")
     if _deployed(part4, "original")[0]:                  # what int8 alone buys
         add("original", "the base, deployed as it is", base, 1.0, "original")
-    epochs = _fine_tune_epochs(part2s)
+    usual = _fine_tuning(part2s)
     for r in sorted(part2s.get("finetuned", []), key=lambda r: r["flops_reduction"]):
         name = METHODS["structured"].file_name(r["flops_reduction"])
         row = add("structured", f"filters removed ({r['criterion']}, {r['allocation']}, "
-                  f"{epochs} epochs fine-tuned)", r.get("test_accuracy"), 1 / r["flops_ratio"],
-                  name, f"-{100 * r['flops_reduction']:g}%")
+                  f"{_fine_tuning_words(usual, usual)})", r.get("test_accuracy"),
+                  1 / r["flops_ratio"], name, f"-{100 * r['flops_reduction']:g}%")
         from_scratch = (scratch or {}).get(os.path.basename(r.get("model", "")))
         if from_scratch is not None:
             rows.append({**row, "family": "scratch",
                          "method": "the same architecture from scratch (Scratch-B)",
                          "accuracy": from_scratch})
+        for run in later:
+            for other in run.get("finetuned", []):
+                if ("filters" in r and other.get("filters") == r["filters"]
+                        and "test_accuracy" in other):
+                    rows.append({**{k: v for k, v in row.items() if k != "bytes"},
+                                 "method": f"filters removed ({other['criterion']}, "
+                                           f"{other['allocation']}, "
+                                           f"{_fine_tuning_words(_fine_tuning(run), usual)})",
+                                 "accuracy": other["test_accuracy"]})
     for r in sorted((part2 or {}).get("finetune", []), key=lambda r: r["sparsity"]):
         add("pruned", f"weights pruned, {100 * r['sparsity']:g}%, fine-tuned (zeros still "
             "multiplied)", r.get("test_accuracy"), 1.0, METHODS["pruned"].file_name(r["sparsity"]))
@@ -512,12 +523,13 @@ def figure_path(figure, timed, first):
 
 def resnet56_sections(output_dir, figure=None):
     """For the first Part 2 structured run on each resnet56.keras under
-    `output_dir` (later runs on the same model, with other reductions or
-    fine-tuning, are in the part's own tables): our rows beside the published
-    ones (with the Tucker, search, magnitude pruning, LiteRT and Scratch-B
-    runs made from the same base there), one table per machine that timed
-    them; where output_dir/seed*/ hold the same study for other seeds, the
-    spread, one table per fine-tuning recipe of this seed's runs; with
+    `output_dir` (with the first run of each other fine-tuning recipe on the
+    same model; runs with other reductions are in the part's own tables): our
+    rows beside the published ones (with the Tucker, search, magnitude
+    pruning, LiteRT and Scratch-B runs made from the same base there), one
+    table per machine that timed them; where output_dir/seed*/ hold the same
+    study for other seeds, the spread, one table per fine-tuning recipe of
+    this seed's runs; with
     `figure`, the comparison drawn to that path (another machine's beside
     it, see `figure_path`)."""
     scratch = {os.path.basename(info.get("config", {}).get("architecture", "")):
@@ -544,20 +556,21 @@ def resnet56_sections(output_dir, figure=None):
         seen.add(digest)
         part2, part3 = ((_runs_on(output_dir, part, digest) or [None])[-1]
                         for part in ("part2", "part3"))
+        mine = {}                                   # this seed's first run per recipe
+        for run in structured:
+            if run["settings"]["model_sha256"] == digest:
+                mine.setdefault(_fine_tuning(run), run)
+        later = [run for recipe, run in mine.items() if recipe != _fine_tuning(part2s)]
         pairs = per_machine(_runs_on(output_dir, "part4", digest),
                             _runs_on(output_dir, "part5_budget", digest))
         for i, (part4, part5) in enumerate(pairs):
-            base, rows, timed = resnet56_rows(part2s, scratch, part2, part3, part5, part4)
+            base, rows, timed = resnet56_rows(part2s, scratch, part2, part3, part5, part4, later)
             out += ["ResNet-56 beside the published rows", "", published_table(base, rows, timed)]
             if figure:
                 from common.plots_compression import plot_published
                 out += ["", "wrote " + plot_published(PUBLISHED_RESNET56, base, rows, timed,
                                                       figure_path(figure, timed, i == 0))]
             out.append("")
-        mine = {}                                   # this seed's first run per recipe
-        for run in structured:
-            if run["settings"]["model_sha256"] == digest:
-                mine.setdefault(_fine_tuning(run), run)
         for recipe, run in mine.items():
             seeds = {**other_seeds.get(recipe, {}), run["settings"]["seed"]: run}
             if len(seeds.keys() | other_bases.keys()) < 2:

@@ -67,11 +67,34 @@ def test_the_published_table_sets_our_rows_beside_theirs_by_hand():
                                              {"structured_53.1.keras": 0.8750})
     table = report.published_table(base, rows, timed)
     assert "| DepGraph (group_sl) (published) | 93.53% | 93.77% | +0.24 | 2.13× |" in table
-    assert ("| ours: filters removed (l1, global, 10 epochs fine-tuned) | 88.00% | 87.90% "
+    assert ("| ours: filters removed (l1, global, 10 epochs of fine-tuning) | 88.00% | 87.90% "
             "| -0.10 | 2.00× | 0.500 (2.00× faster) | — | — |") in table
     assert "| ours: the same architecture from scratch (Scratch-B) | 88.00% | 87.50% | -0.50 |" \
         in table
     assert "on Some CPU" in table
+
+
+def test_another_recipe_on_the_same_architecture_gets_its_time_not_its_bytes():
+    def run(pruned, filters, **recipe):
+        made = structured_run(0, 0.8800, pruned)
+        made["settings"]["fine_tune"] = {"epochs": 10, **recipe}
+        made["finetuned"][0]["filters"] = {"stem_conv": filters}
+        return made
+    part4 = {"settings": {"machine": {"cpu": "Other CPU", "features": ["avx2"]}},
+             "models": [deployed("structured_53.1", "float32", 0.4, 4000),
+                        deployed("structured_53.1", "int8", 0.1, 1000)]}
+    later = [run(0.8810, 8, epochs=15), run(0.8820, 8, peak_learning_rate=0.8),
+             run(0.8900, 12, epochs=20)]                 # another architecture: no row
+    base, rows, timed = report.resnet56_rows(run(0.8790, 8), part4=part4, later=later)
+    table = report.published_table(base, rows, timed)
+    assert ("| ours: filters removed (l1, global, 10 epochs of fine-tuning) | 88.00% | 87.90% "
+            "| -0.10 | 2.00× | 0.400 (2.50× faster) | 0.100 (10.00× faster) | 1,000 |") in table
+    assert ("| ours: filters removed (l1, global, 15 epochs of fine-tuning) | 88.00% | 88.10% "
+            "| +0.10 | 2.00× | 0.400 (2.50× faster) | 0.100 (10.00× faster) | — |") in table
+    assert ("| ours: filters removed (l1, global, 10 epochs of fine-tuning, peak learning rate "
+            "0.8) | 88.00% | 88.20% | +0.20 | 2.00× | 0.400 (2.50× faster) | 0.100 (10.00× faster) "
+            "| — |") in table
+    assert "89.00%" not in table and len(rows) == 3
 
 
 def test_part_4s_run_gives_float32_int8_and_the_smallest_int8_file():
