@@ -279,6 +279,8 @@ def resnet56_rows(part2s, scratch=None, part2=None, part3=None, part5=None, part
     if _deployed(part4, "original")[0]:                  # what int8 alone buys
         add("original", "the base, deployed as it is", base, 1.0, "original")
     usual = _fine_tuning(part2s)
+    retrained = [(other, _fine_tuning_words(_fine_tuning(run), usual)) for run in later
+                 for other in run.get("finetuned", []) if "test_accuracy" in other]
     for r in sorted(part2s.get("finetuned", []), key=lambda r: r["flops_reduction"]):
         name = METHODS["structured"].file_name(r["flops_reduction"])
         row = add("structured", f"filters removed ({r['criterion']}, {r['allocation']}, "
@@ -289,15 +291,12 @@ def resnet56_rows(part2s, scratch=None, part2=None, part3=None, part5=None, part
             rows.append({**row, "family": "scratch",
                          "method": "the same architecture from scratch (Scratch-B)",
                          "accuracy": from_scratch})
-        for run in later:
-            for other in run.get("finetuned", []):
-                if ("filters" in r and other.get("filters") == r["filters"]
-                        and "test_accuracy" in other):
-                    rows.append({**{k: v for k, v in row.items() if k != "bytes"},
-                                 "method": f"filters removed ({other['criterion']}, "
-                                           f"{other['allocation']}, "
-                                           f"{_fine_tuning_words(_fine_tuning(run), usual)})",
-                                 "accuracy": other["test_accuracy"]})
+        for other, words in retrained:
+            if "filters" in r and other.get("filters") == r["filters"]:
+                rows.append({**{k: v for k, v in row.items() if k != "bytes"},
+                             "method": f"filters removed ({other['criterion']}, "
+                                       f"{other['allocation']}, {words})",
+                             "accuracy": other["test_accuracy"]})
     for r in sorted((part2 or {}).get("finetune", []), key=lambda r: r["sparsity"]):
         add("pruned", f"weights pruned, {100 * r['sparsity']:g}%, fine-tuned (zeros still "
             "multiplied)", r.get("test_accuracy"), 1.0, METHODS["pruned"].file_name(r["sparsity"]))
@@ -529,9 +528,8 @@ def resnet56_sections(output_dir, figure=None):
     pruning, LiteRT and Scratch-B runs made from the same base there), one
     table per machine that timed them; where output_dir/seed*/ hold the same
     study for other seeds, the spread, one table per fine-tuning recipe of
-    this seed's runs; with
-    `figure`, the comparison drawn to that path (another machine's beside
-    it, see `figure_path`)."""
+    this seed's runs; with `figure`, the comparison drawn to that path
+    (another machine's beside it, see `figure_path`)."""
     scratch = {os.path.basename(info.get("config", {}).get("architecture", "")):
                info["test_accuracy"] for info in map(read_json, glob.glob(os.path.join(
                    output_dir, "models", "scratch-*.json")))}
