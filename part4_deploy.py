@@ -28,6 +28,7 @@ them are timed again together whenever one changes.
 """
 
 import os
+import shlex
 
 # TensorFlow is imported inside the functions that need it, so that --help and
 # --plot-only answer at once.
@@ -94,7 +95,7 @@ def run_settings(args, model_sha256, data_id):
                        "images": args.timing_images, "repeats": args.timing_repeats}}
 
 
-def compressed_models(settings, results_dirs, model_option=""):
+def compressed_models(settings, results_dirs, options=""):
     """The compressed models made from the original, found in the results of
     Parts 2, 3 and 5 in `results_dirs`: rows of runs with the same original,
     data, validation split and train limit whose model file checks out.
@@ -129,8 +130,22 @@ def compressed_models(settings, results_dirs, model_option=""):
                             for row, _ in rows if row[key] in lacking) or "no row made from it"
             missing.append(f"{family} {', '.join(f'{v:g}' for v in lacking)}: {why}; make "
                            f"with: {command.format(' '.join(f'{v:g}' for v in lacking))}"
-                           f"{model_option}")
+                           f"{options}")
     return found, missing
+
+
+def same_source_options(args, model_path, reference):
+    """What follows a part's command in a "make with" line, so that the model
+    it makes is one this run finds: the same model and training images (the
+    rows' key), the same seed and output folder."""
+    options = [] if reference else ["--model", model_path]
+    if args.train_limit is not None:
+        options += ["--train-limit", str(args.train_limit)]
+    if args.seed:
+        options += ["--seed", str(args.seed)]
+    if args.output_dir:
+        options += ["--output-dir", args.output_dir]
+    return "".join(" " + shlex.quote(option) for option in options)
 
 
 def variants(info):
@@ -295,7 +310,7 @@ def main(argv=None):
                            *glob.glob(os.path.join(cli.REPO_ROOT, runs.RUNS_FOLDER, "*",
                                                    "results"))})
     found, missing = compressed_models(run.settings, results_dirs,
-                                       "" if reference else f" --model {model_path}")
+                                       same_source_options(args, model_path, reference))
     for line in missing:
         print(f"not deployed: {line}")
     sources = {"original": (model_path, {

@@ -178,7 +178,8 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch,
     assert run(argv) == 0
     printed = capsys.readouterr().out
     assert "structured 0.55, 0.65, 0.75: no row made from it" in printed
-    assert "--flops-reductions 0.55 0.65 0.75" in printed
+    assert (f"--flops-reductions 0.55 0.65 0.75 --model {tiny_model_file} --output-dir {out}"
+            in printed)     # the options that make a model this run finds
     assert "LiteRT on " + machine.label(machine.identity()) in printed
 
     results = stored_run(out, "part4")
@@ -329,6 +330,14 @@ def test_a_model_litert_cannot_run_exits_2_naming_the_layer(tiny_cifar, tmp_path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "layer 'odd_one' (Erf) has no LiteRT builtin op" in err
     assert "erf.keras" in err
+
+
+def test_the_make_with_line_keeps_the_options_that_key_the_rows():
+    args = part4_deploy.parse_args(["--model", "my models/r.keras", "--train-limit", "500",
+                                    "--seed", "2", "--output-dir", "out"])
+    assert part4_deploy.same_source_options(args, args.model, reference=False) == \
+        " --model 'my models/r.keras' --train-limit 500 --seed 2 --output-dir out"
+    assert part4_deploy.same_source_options(part4_deploy.parse_args([]), None, True) == ""
 
 
 def test_a_missing_original_names_the_command_that_makes_it(tmp_path, no_repo_model, capsys):
