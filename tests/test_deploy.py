@@ -1,5 +1,6 @@
 """LiteRT flatbuffers against the Keras models they come from; the timing harness; Part 4."""
 
+import copy
 import gzip
 import json
 import os
@@ -252,16 +253,30 @@ def test_tiny_end_to_end_run(tiny_cifar, tiny_model_file, tmp_path, monkeypatch,
     assert all(("latency" in row) != name.startswith("tucker_k4") for name, row in after.items())
 
 
+def quick_argv(tiny_cifar, model, out):
+    """Options of a quick Part 4 run of `model` into `out`: 2 timing images, 1 round."""
+    return ["--data-dir", tiny_cifar[0], "--output-dir", str(out), "--model", model,
+            "--timing-images", "2", "--timing-repeats", "1"]
+
+
+@pytest.fixture(scope="module")
+def stored_part4(tiny_cifar, tiny_model_file, tmp_path_factory):
+    """The run a quick Part 4 run stores (tiny data, 2 timing images, 1 round)."""
+    out = tmp_path_factory.mktemp("part4")
+    assert run(quick_argv(tiny_cifar, tiny_model_file, out)) == 0
+    return stored_run(out, "part4")
+
+
 def test_another_machine_measures_again_and_stores_beside(tiny_cifar, tiny_model_file, tmp_path,
-                                                         monkeypatch):
-    argv = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--model",
-            tiny_model_file, "--timing-images", "2", "--timing-repeats", "1"]
-    assert run(argv) == 0
+                                                         stored_part4, monkeypatch):
+    (tmp_path / "results").mkdir()
+    write_json(str(tmp_path / "results" / "part4.json"), {"runs": [stored_part4]})
     here = machine.identity()
     monkeypatch.setattr(machine, "identity", lambda *a: {**here, "cpu": "Other CPU",
                                                          "features": ["avx2", "fma"]})
-    assert run(argv) == 0
+    assert run(quick_argv(tiny_cifar, tiny_model_file, tmp_path)) == 0
     first, second = (stored_run(tmp_path, "part4", i) for i in (0, 1))
+    assert first == stored_part4
     assert first["settings"]["machine"]["cpu"] == here["cpu"]
     assert second["settings"]["machine"]["cpu"] == "Other CPU"
     assert len(first["models"]) == len(second["models"]) == 3
@@ -277,17 +292,16 @@ def test_another_machine_measures_again_and_stores_beside(tiny_cifar, tiny_model
     (lambda row: row["latency"]["1"].update(ratio="0.5"), ".latency.1.ratio: expected"),
 ])
 def test_a_damaged_row_exits_2_and_leaves_the_file_as_it_was(tiny_cifar, tiny_model_file,
-                                                             tmp_path, capsys, damage, where):
-    argv = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--model",
-            tiny_model_file, "--timing-images", "2", "--timing-repeats", "1"]
-    assert run(argv) == 0
-    path = tmp_path / "results" / "part4.json"
-    data = stored_run(tmp_path, "part4")
+                                                             stored_part4, tmp_path, capsys,
+                                                             damage, where):
+    data = copy.deepcopy(stored_part4)
     damage(data["models"][1])
+    path = tmp_path / "results" / "part4.json"
+    path.parent.mkdir()
     write_json(str(path), {"runs": [data]})
     before = path.read_bytes()
     capsys.readouterr()
-    assert run(argv) == 2
+    assert run(quick_argv(tiny_cifar, tiny_model_file, tmp_path)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{path}: damaged: runs[0].models[1]" in err
     assert where in err and path.read_bytes() == before
