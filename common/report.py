@@ -346,7 +346,14 @@ def seeds_table(part2s_runs, reduction, bases=None):
     bases : dict seed -> the base's test accuracy (Part 1); it counts for a
         seed whose Part 2 structured run is not there or has not yet measured
         its base, whose row is then a dash
+
+    Where the seeds were fine-tuned in different precisions (machines with
+    and without bfloat16), each seed's row names its own.
     """
+    precisions = {seed: (run["settings"].get("fine_tune") or {}).get("precision")
+                  for seed, run in part2s_runs.items()}
+    if len(set(precisions.values())) < 2:
+        precisions = {}
     seeds = {seed: (base, None) for seed, base in (bases or {}).items()}
     for seed, run in part2s_runs.items():
         row = next((r for r in run.get("finetuned", []) if r["flops_reduction"] == reduction
@@ -355,7 +362,8 @@ def seeds_table(part2s_runs, reduction, bases=None):
         if base is not None:
             seeds[seed] = (base, row and row["test_accuracy"])
     out = ["| seed | base | filters removed | Δ |", "|---|---|---|---|"]
-    out += [f"| {seed} | {_pct(base)} | {_pct(pruned)} | {_points(pruned, base)} |"
+    out += [f"| {seed}{f' (fine-tuned in {precisions[seed]})' if seed in precisions else ''} "
+            f"| {_pct(base)} | {_pct(pruned)} | {_points(pruned, base)} |"
             for seed, (base, pruned) in sorted(seeds.items())]
     pairs = np.array([pair for pair in seeds.values() if pair[1] is not None]).reshape(-1, 2)
 

@@ -162,7 +162,7 @@ def test_the_spread_over_seeds_by_hand(tmp_path, capsys):
               for seed, base, pruned in ((0, 0.880, 0.886), (1, 0.884, 0.885))}
     for seed, run in faster.items():
         run["settings"]["fine_tune"] = {"epochs": 10, "peak_learning_rate": 0.8,
-                                        "precision": f"machine {seed}"}
+                                        "precision": ("mixed_bfloat16", "float32")[seed]}
     for folder, run in (("", longer), ("", faster[0]), ("seed1", faster[1])):
         ResultsStore(str(tmp_path / folder / "results" / "part2_structured.json")).update(
             run["settings"], lambda stored, run=run: stored.update(
@@ -178,10 +178,12 @@ def test_the_spread_over_seeds_by_hand(tmp_path, capsys):
     first, longer_table, faster_table = out.split("Over seeds")[1:]
     assert "10 epochs of fine-tuning\n" in first and "| 0 | 88.00% | 87.80% |" in first
     assert "| 1 | 88.40% | 87.90% | -0.50 |" in first
-    # the same epochs at another peak: its own table, whatever precision each seed ran in
+    # the same epochs at another peak: its own table, whatever precision each seed
+    # ran in; as the seeds' precisions differ, each row names its own
     assert "10 epochs of fine-tuning, peak learning rate 0.8\n" in faster_table
-    assert "| 0 | 88.00% | 88.60% | +0.60 |" in faster_table
-    assert "| 1 | 88.40% | 88.50% | +0.10 |" in faster_table
+    assert "| 0 (fine-tuned in mixed_bfloat16) | 88.00% | 88.60% | +0.60 |" in faster_table
+    assert "| 1 (fine-tuned in float32) | 88.40% | 88.50% | +0.10 |" in faster_table
+    assert "| 2 | 87.60% | — | — |" in faster_table       # no run of this recipe
     assert "20 epochs of fine-tuning" in longer_table and "| 0 | 88.00% | 89.00% | +1.00 |" in longer_table
     assert "| 1 | 88.40% | — | — |" in longer_table
     assert "| mean ± sd | 88.20 ± 0.52% (n = 4) | — | — |" in longer_table
