@@ -22,37 +22,31 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-import common  # noqa: E402,F401
-from common import channels, machine, measure  # noqa: E402
-from common.deploy import to_flatbuffer  # noqa: E402
+# TensorFlow is imported once the options are read (cli.load_backend), so that
+# --help and a wrong option answer at once.
+from common import cli, machine  # noqa: E402
 from common.results import read_json, write_json  # noqa: E402
 
-# name -> (constructor, input size): 32 where the family accepts it, else its
-# documented minimum. Every CNN family keras.applications 3.15 has (RegNet is
-# not among them).
-APPS = keras.applications
+# keras.applications constructor -> input size: 32 where the family accepts
+# it, else its documented minimum. Every CNN family keras.applications 3.15
+# has (RegNet is not among them).
 FAMILIES = {
-    "VGG16": (APPS.VGG16, 32), "ResNet50": (APPS.ResNet50, 32),
-    "ResNet152": (APPS.ResNet152, 32), "ResNet50V2": (APPS.ResNet50V2, 32),
-    "MobileNet": (APPS.MobileNet, 32), "MobileNetV2": (APPS.MobileNetV2, 32),
-    "MobileNetV3Small": (APPS.MobileNetV3Small, 32),
-    "EfficientNetB0": (APPS.EfficientNetB0, 32), "EfficientNetV2B0": (APPS.EfficientNetV2B0, 32),
-    "DenseNet121": (APPS.DenseNet121, 32), "Xception": (APPS.Xception, 71),
-    "InceptionV3": (APPS.InceptionV3, 75), "InceptionResNetV2": (APPS.InceptionResNetV2, 75),
-    "NASNetMobile": (APPS.NASNetMobile, 32),
-    "ConvNeXtTiny": (APPS.ConvNeXtTiny, 32),
+    "VGG16": 32, "ResNet50": 32, "ResNet152": 32, "ResNet50V2": 32,
+    "MobileNet": 32, "MobileNetV2": 32, "MobileNetV3Small": 32,
+    "EfficientNetB0": 32, "EfficientNetV2B0": 32, "DenseNet121": 32,
+    "Xception": 71, "InceptionV3": 75, "InceptionResNetV2": 75,
+    "NASNetMobile": 32, "ConvNeXtTiny": 32,
 }
 KEEP = 0.7          # each group keeps 70% of its channels
 IMAGES = 4          # random images for the exactness check and int8 calibration
 
 
 def build(name):
-    constructor, size = FAMILIES[name]
+    import keras
+    import numpy as np
+    size = FAMILIES[name]
     keras.utils.set_random_seed(0)
-    model = constructor(weights=None, input_shape=(size, size, 3), classes=10,
+    model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10,
                         classifier_activation=None)          # logits: softmax would saturate
     rng = np.random.default_rng(0)
     for layer in model.layers:
@@ -65,6 +59,10 @@ def build(name):
 
 
 def one_model(name):
+    import numpy as np
+
+    from common import channels, measure
+    from common.deploy import to_flatbuffer
     model, size = build(name)
     start = time.perf_counter()
     graph = channels.build(model)
@@ -118,6 +116,8 @@ def main():
     parser.add_argument("--models", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
     parser.add_argument("--force", action="store_true", help="measure stored rows again")
     args = parser.parse_args()
+    cli.load_backend()
+    import keras
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "results", "channel_coverage.json")
     settings = {"keep": KEEP, "images": IMAGES, "keras": keras.__version__, "logits": True,

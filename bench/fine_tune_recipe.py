@@ -25,8 +25,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import common  # noqa: E402,F401
-from common import cli, evaluation, finetune, machine, models, pruning, tucker  # noqa: E402
+# TensorFlow is imported once the options are read (cli.load_backend), so that
+# --help and a wrong option answer at once.
+from common import cli, machine  # noqa: E402
 from common.data import load_for_run  # noqa: E402
 from common.results import file_digest, read_json, write_json  # noqa: E402
 
@@ -47,6 +48,7 @@ TUCKER_VARIANTS = ("recipe", "peak lr 0.05, no teacher", "peak lr 0.05")
 
 def fine_tuned(method, variant, reference_path, splits, seed):
     """Validation accuracy per epoch of one method fine-tuned with one variant."""
+    from common import evaluation, finetune, models, pruning, tucker
     changes, gradual = VARIANTS[variant]
     recipe = {**finetune.fine_tune_recipe(), **changes}
     teacher = models.load_classifier(reference_path) if recipe["distillation_weight"] else None
@@ -73,6 +75,7 @@ def main():
     args = parser.parse_args()
     splits = load_for_run(args.data_dir)
     cli.load_backend()
+    from common import finetune
     path = os.path.join(cli.REPO_ROOT, "results", "probes.json")
     probe = {"what": __doc__.split("\n\n")[1].replace("\n", " "),
              "model_sha256": file_digest(args.model), "data": splits.data_id,

@@ -19,12 +19,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-import common  # noqa: E402,F401
-from common import machine  # noqa: E402
-from common import models, precision  # noqa: E402
+# TensorFlow is imported once the options are read (cli.load_backend), so that
+# --help and a wrong option answer at once.
+from common import cli, machine, precision  # noqa: E402
 
 
 def main():
@@ -34,6 +31,11 @@ def main():
     parser.add_argument("--images", type=int, default=4096)
     parser.add_argument("--batch-size", type=int, default=512)   # fine-tuning's
     args = parser.parse_args()
+    cli.load_backend()
+    import keras
+    import numpy as np
+
+    from common import models
     print(f"machine: {machine.label(machine.identity())}, {os.cpu_count()} threads")
     original = models.load_classifier(args.model)
     rng = np.random.default_rng(0)

@@ -24,18 +24,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-import common  # noqa: E402,F401
-from common import machine  # noqa: E402
-from common import models  # noqa: E402
+# TensorFlow is imported once the options are read (cli.load_backend), so that
+# --help and a wrong option answer at once.
+from common import cli, machine  # noqa: E402
 from common.data import load_cifar10, preprocess  # noqa: E402
-from common.training import EpochRecorder, fit_resumable  # noqa: E402
 
-# Part 1's models, compiled as part1_cnn.py compiles them (Adam 0.001, batch 64).
-MODELS = {"plain (steps 4-5)": models.plain_cnn, "pooled (step 6)": models.pooled_cnn,
-          "augmented (step 7)": lambda: models.pooled_cnn(augment=True)}
+# Part 1's models (common.models builders and their options), compiled as
+# part1_cnn.py compiles them (Adam 0.001, batch 64).
+MODELS = {"plain (steps 4-5)": ("plain_cnn", {}), "pooled (step 6)": ("pooled_cnn", {}),
+          "augmented (step 7)": ("pooled_cnn", {"augment": True})}
 BATCH_SIZE = 64
 
 
@@ -60,6 +57,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--data-dir")
     args = parser.parse_args()
+    cli.load_backend()
+    import keras
+    import numpy as np
+
+    from common import models
+    from common.training import EpochRecorder, fit_resumable
     print(f"machine: {machine.label(machine.identity())}, {os.cpu_count()} threads")
     (x, y), test, _ = load_cifar10(args.data_dir)
     train = preprocess(x[:args.images], y[:args.images])
@@ -68,8 +71,8 @@ def main():
     time_hooks([EpochRecorder, keras.callbacks.BackupAndRestore], hook_seconds)
     print(f"{'model':<20} {'suite img/s':>12} {'bare fit img/s':>15} {'ratio':>7} "
           f"{'ratio min-max':>14} {'callbacks s/epoch':>18} {'share':>6}")
-    for label, build in MODELS.items():
-        model = build()
+    for label, (builder, options) in MODELS.items():
+        model = getattr(models, builder)(**options)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy",
                       metrics=["accuracy"])
         batch = BATCH_SIZE

@@ -20,13 +20,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-import common  # noqa: E402,F401
-from common import machine  # noqa: E402
-from common import measure, models, tucker  # noqa: E402
-from common.inference import fold_batchnorm  # noqa: E402
+# TensorFlow is imported once the options are read (cli.load_backend), so that
+# --help and a wrong option answer at once.
+from common import cli, machine  # noqa: E402
 
 # Images per timed pass for each batch size: enough batches to average over,
 # few enough that batch size 1 (one image per call) stays under a minute.
@@ -39,6 +35,11 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--layer-k", type=int, default=4, choices=range(1, 9))
     args = parser.parse_args()
+    cli.load_backend()
+    import numpy as np
+
+    from common import measure, models, tucker
+    from common.inference import fold_batchnorm
     print(f"machine: {machine.label(machine.identity())}, {os.cpu_count()} threads")
     original = models.load_classifier(args.model)
     candidates = {"original": original}
@@ -66,6 +67,7 @@ def main():
 
 def standalone(layers_, input_shape):
     """A model applying fresh copies of `layers_` (same weights) in sequence."""
+    import keras
     inputs = x = keras.Input(input_shape)
     for layer in layers_:
         copy = layer.__class__.from_config(layer.get_config())
@@ -77,6 +79,9 @@ def standalone(layers_, input_shape):
 def print_layer_ratios(original, k, repeats, batch=256, count=2048):
     """Each decomposed conv of `original` at rank fraction k/8, timed alone
     against the conv it replaces, on random inputs of that layer's shape."""
+    import numpy as np
+
+    from common import measure, tucker
     print(f"\nk = {k}, each conv alone (batch {batch}, {count} inputs):")
     print(f"{'layer':<16} {'input':>12} {'FLOPs ratio':>12} {'time ratio':>11}")
     rng = np.random.default_rng(0)

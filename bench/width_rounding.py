@@ -27,11 +27,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-import common  # noqa: E402,F401
-from common import deploy, machine  # noqa: E402
+# TensorFlow is imported once the options are read (cli.load_backend), so that
+# --help and a wrong option answer at once.
+from common import cli, machine  # noqa: E402
 
 # (name, input height and width, input channels, the multiple whose neighbours are timed)
 SHAPES = [("ResNet-56 stage 1", 32, 16, 16), ("ResNet-56 stage 2", 16, 32, 32),
@@ -40,6 +38,7 @@ OFFSETS = (-8, -4, -2, -1, 0)       # widths the multiple less these
 
 
 def conv_block(size, c, f):
+    import keras
     inputs = keras.Input((size, size, c))
     return keras.Model(inputs, keras.layers.Conv2D(f, 3, padding="same", activation="relu")(
         inputs))
@@ -54,7 +53,10 @@ def stage_widths(args):
     """A CIFAR ResNet cut to each (stage 1, 2, 3) width triple, every group of
     a stage at that width (filters by L1 norm: only shapes matter for time),
     batch norms folded, all timed interleaved in float32 and int8."""
-    from common import inference, measure, models, structured
+    import keras
+    import numpy as np
+
+    from common import deploy, inference, measure, models, structured
     base = models.load_classifier(args.base)
     names = structured.prunable_convs(base)
     scores = structured.l1_norms(base, names)
@@ -92,6 +94,11 @@ def main(argv=None):
     parser.add_argument("--stage-widths", nargs="+", metavar="W1,W2,W3",
                         help="widths of its three stages, one triple per model timed")
     args = parser.parse_args(argv)
+    cli.load_backend()
+    import keras
+    import numpy as np
+
+    from common import deploy
     keras.utils.set_random_seed(0)
     if args.base:
         return stage_widths(args)
