@@ -46,7 +46,8 @@ def build(name):
     import numpy as np
     size = FAMILIES[name]
     keras.utils.set_random_seed(0)
-    model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10,
+    constructor = getattr(keras.applications, name)
+    model = constructor(weights=None, input_shape=(size, size, 3), classes=10,
                         classifier_activation=None)          # logits: softmax would saturate
     rng = np.random.default_rng(0)
     for layer in model.layers:
