@@ -19,14 +19,17 @@ def run(argv):
 
 
 def test_importing_the_scripts_runs_nothing(tmp_path):
+    """Nor loads the backend: --help and a wrong option answer at once."""
     import subprocess
     import sys
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = ("import sys, part1_cnn, part2_prune, part2_structured, part3_tucker, "
-            "part4_deploy, part5_budget; print(sorted(m for m in ('tensorflow', 'keras') "
-            "if m in sys.modules))")
+            "part4_deploy, part5_budget, channel_coverage, fine_tune_recipe, "
+            "precision_speed, train_throughput, tucker_speed, width_rounding; "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    path = os.pathsep.join([repo, os.path.join(repo, "bench")])
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": repo}, timeout=120)
+                          text=True, env={**os.environ, "PYTHONPATH": path}, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "[]\n" and done.stderr == ""   # no backend loaded, nothing said
     assert list(tmp_path.iterdir()) == []                  # nothing written
