@@ -336,7 +336,7 @@ def published_table(base, rows, timed):
     return "\n".join(out)
 
 
-def seeds_table(part2s_runs, reduction, bases=None):
+def seeds_table(part2s_runs, reduction, bases=None, scratch=None):
     """The base and the filter-removal row at `reduction` over seeds: each
     seed's test accuracy, then each column's mean and sample standard
     deviation over the seeds that have it.
@@ -346,13 +346,16 @@ def seeds_table(part2s_runs, reduction, bases=None):
     bases : dict seed -> the base's test accuracy (Part 1); it counts for a
         seed whose Part 2 structured run is not there or has not yet measured
         its base, whose row is then a dash
+    scratch : dict seed -> file name of a pruned model -> test accuracy of
+        its architecture trained from scratch; given, the table is Scratch-B's
+        over seeds: each seed's row at `reduction` names the architecture
 
     Where the seeds were fine-tuned in different precisions (machines with
     and without bfloat16), each seed's row names its own.
     """
     precisions = {seed: (run["settings"].get("fine_tune") or {}).get("precision")
                   for seed, run in part2s_runs.items()}
-    if len(set(precisions.values())) < 2:
+    if len(set(precisions.values())) < 2 or scratch is not None:
         precisions = {}
     seeds = {seed: (base, None) for seed, base in (bases or {}).items()}
     for seed, run in part2s_runs.items():
@@ -360,8 +363,10 @@ def seeds_table(part2s_runs, reduction, bases=None):
                     and r.get("test_accuracy") is not None), None)
         base = run.get("original", {}).get("test_accuracy")
         if base is not None:
-            seeds[seed] = (base, row and row["test_accuracy"])
-    out = ["| seed | base | filters removed | Δ |", "|---|---|---|---|"]
+            seeds[seed] = (base, row and (row["test_accuracy"] if scratch is None else scratch.get(
+                seed, {}).get(os.path.basename(row.get("model", "")))))
+    column = "filters removed" if scratch is None else "the same architecture from scratch"
+    out = [f"| seed | base | {column} | Δ |", "|---|---|---|---|"]
     out += [f"| {seed}{f' (fine-tuned in {precisions[seed]})' if seed in precisions else ''} "
             f"| {_pct(base)} | {_pct(pruned)} | {_points(pruned, base)} |"
             for seed, (base, pruned) in sorted(seeds.items())]
@@ -538,14 +543,14 @@ def resnet56_sections(output_dir, figure=None):
     study for other seeds, the spread, one table per fine-tuning recipe of
     this seed's runs; with `figure`, the comparison drawn to that path
     (another machine's beside it, see `figure_path`)."""
-    scratch = {os.path.basename(info.get("config", {}).get("architecture", "")):
-               info["test_accuracy"] for info in map(read_json, glob.glob(os.path.join(
-                   output_dir, "models", "scratch-*.json")))}
+    scratch = _scratch(output_dir)
     other_seeds, other_bases = {}, {}           # other_seeds: fine-tuning recipe -> seed -> run
+    other_scratch = {}                          # seed -> its folder's Scratch-B runs
     for folder in sorted(glob.glob(os.path.join(output_dir, "seed*", "results"))):
         for run in ResultsStore(os.path.join(folder, "part2_structured.json")).runs():
             other_seeds.setdefault(_fine_tuning(run), {}).setdefault(
                 run["settings"]["seed"], run)
+            other_scratch[run["settings"]["seed"]] = _scratch(os.path.dirname(folder))
             if run.get("original", {}).get("test_accuracy") is not None:
                 other_bases.setdefault(run["settings"]["seed"], run["original"]["test_accuracy"])
         for run in ResultsStore(os.path.join(folder, "part1.json")).runs():
@@ -585,10 +590,24 @@ def resnet56_sections(output_dir, figure=None):
                 out += [f"Over seeds, filters removed at −{100 * reduction:g}% FLOPs, "
                         + _fine_tuning_words(recipe, _fine_tuning(part2s)), "",
                         seeds_table(seeds, reduction, other_bases), ""]
+                trained = {**other_scratch, run["settings"]["seed"]: scratch}
+                if recipe == _fine_tuning(part2s) and any(trained.values()):
+                    # every recipe of a seed fine-tunes the same architecture
+                    out += [f"Over seeds, the −{100 * reduction:g}% architecture trained from "
+                            "scratch for the same compute (Scratch-B)", "",
+                            seeds_table(seeds, reduction, other_bases, trained), ""]
     if figure and not out:
         raise ValueError(f"--figure: no Part 2 structured run on a resnet56.keras in "
                          f"{output_dir}/results: nothing to draw")
     return out
+
+
+def _scratch(output_dir):
+    """File name of a pruned model -> test accuracy of its architecture
+    trained from scratch (Part 1 --architecture) in `output_dir`."""
+    return {os.path.basename(info.get("config", {}).get("architecture", "")):
+            info["test_accuracy"] for info in map(read_json, glob.glob(os.path.join(
+                output_dir, "models", "scratch-*.json")))}
 
 
 def run_heading(path, run, runs):

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from common import report
-from common.results import ResultsStore, settings_label
+from common.results import ResultsStore, settings_label, write_json
 
 
 def part1_run(accuracy):
@@ -167,15 +167,30 @@ def test_the_spread_over_seeds_by_hand(tmp_path, capsys):
         ResultsStore(str(tmp_path / folder / "results" / "part2_structured.json")).update(
             run["settings"], lambda stored, run=run: stored.update(
                 {k: v for k, v in run.items() if k != "settings"}))
+    # Scratch-B of seeds 0 and 2's architectures (each seed's own 10-epoch row's
+    # model); seed 1's folder holds one of another architecture
+    for folder, name, accuracy in (("", "structured_53.1", 0.884), ("seed2", "structured_53.1", 0.877),
+                                   ("seed1", "structured_61.1", 0.9)):
+        os.makedirs(tmp_path / folder / "models", exist_ok=True)
+        write_json(str(tmp_path / folder / "models" / f"scratch-{name}.json"),
+                   {"config": {"architecture": f"resnet56/models/{name}.keras"},
+                    "test_accuracy": accuracy})
     figure = tmp_path / "published.png"
     assert report.main(["--output-dir", str(tmp_path), "--figure", str(figure)]) == 0
     out = capsys.readouterr().out
     assert "| mean ± sd | 88.20 ± 0.52% (n = 4) |" in out
     assert out.count("ResNet-56 beside the published rows") == 1   # the file's first run
-    # one spread per fine-tuning recipe; at 20 epochs only seed 0 has its row,
-    # the other seeds' bases (from their 10-epoch runs and seed 3's Part 1) still count
-    assert out.count("Over seeds") == 3
-    first, longer_table, faster_table = out.split("Over seeds")[1:]
+    # one spread per fine-tuning recipe, and Scratch-B's; at 20 epochs only seed
+    # 0 has its row, the other seeds' bases (from their 10-epoch runs and seed
+    # 3's Part 1) still count
+    assert out.count("Over seeds") == 4
+    first, scratch_table, longer_table, faster_table = out.split("Over seeds")[1:]
+    # Scratch-B against each seed's base: +0.40 and +0.10
+    assert "| 0 | 88.00% | 88.40% | +0.40 |" in scratch_table
+    assert "| 1 | 88.40% | — | — |" in scratch_table
+    assert "| 2 | 87.60% | 87.70% | +0.10 |" in scratch_table
+    assert "| mean ± sd | 88.20 ± 0.52% (n = 4) | 88.05 ± 0.49% (n = 2) | +0.25 ± 0.21 (n = 2) |" \
+        in scratch_table
     assert "10 epochs of fine-tuning\n" in first and "| 0 | 88.00% | 87.80% |" in first
     assert "| 1 | 88.40% | 87.90% | -0.50 |" in first
     # the same epochs at another peak: its own table, whatever precision each seed
