@@ -362,9 +362,11 @@ def seeds_table(part2s_runs, reduction, bases=None, scratch=None):
         row = next((r for r in run.get("finetuned", []) if r["flops_reduction"] == reduction
                     and r.get("test_accuracy") is not None), None)
         base = run.get("original", {}).get("test_accuracy")
+        value = row and row["test_accuracy"]
+        if row and scratch is not None:                    # its architecture from scratch
+            value = scratch.get(seed, {}).get(os.path.basename(row.get("model", "")))
         if base is not None:
-            seeds[seed] = (base, row and (row["test_accuracy"] if scratch is None else scratch.get(
-                seed, {}).get(os.path.basename(row.get("model", "")))))
+            seeds[seed] = (base, value)
     column = "filters removed" if scratch is None else "the same architecture from scratch"
     out = [f"| seed | base | {column} | Δ |", "|---|---|---|---|"]
     out += [f"| {seed}{f' (fine-tuned in {precisions[seed]})' if seed in precisions else ''} "
