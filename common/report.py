@@ -549,10 +549,11 @@ def resnet56_sections(output_dir, figure=None):
     other_seeds, other_bases = {}, {}           # other_seeds: fine-tuning recipe -> seed -> run
     other_scratch = {}                          # seed -> its folder's Scratch-B runs
     for folder in sorted(glob.glob(os.path.join(output_dir, "seed*", "results"))):
+        folder_scratch = _scratch(os.path.dirname(folder))
         for run in ResultsStore(os.path.join(folder, "part2_structured.json")).runs():
             other_seeds.setdefault(_fine_tuning(run), {}).setdefault(
                 run["settings"]["seed"], run)
-            other_scratch[run["settings"]["seed"]] = _scratch(os.path.dirname(folder))
+            other_scratch[run["settings"]["seed"]] = folder_scratch
             if run.get("original", {}).get("test_accuracy") is not None:
                 other_bases.setdefault(run["settings"]["seed"], run["original"]["test_accuracy"])
         for run in ResultsStore(os.path.join(folder, "part1.json")).runs():
@@ -584,6 +585,7 @@ def resnet56_sections(output_dir, figure=None):
                 out += ["", "wrote " + plot_published(PUBLISHED_RESNET56, base, rows, timed,
                                                       figure_path(figure, timed, i == 0))]
             out.append("")
+        trained = {**other_scratch, part2s["settings"]["seed"]: scratch}
         for recipe, run in mine.items():
             seeds = {**other_seeds.get(recipe, {}), run["settings"]["seed"]: run}
             if len(seeds.keys() | other_bases.keys()) < 2:
@@ -592,7 +594,6 @@ def resnet56_sections(output_dir, figure=None):
                 out += [f"Over seeds, filters removed at −{100 * reduction:g}% FLOPs, "
                         + _fine_tuning_words(recipe, _fine_tuning(part2s)), "",
                         seeds_table(seeds, reduction, other_bases), ""]
-                trained = {**other_scratch, run["settings"]["seed"]: scratch}
                 if recipe == _fine_tuning(part2s) and any(trained.values()):
                     # every recipe of a seed fine-tunes the same architecture
                     out += [f"Over seeds, the −{100 * reduction:g}% architecture trained from "
