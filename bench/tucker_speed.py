@@ -29,12 +29,12 @@ from common import cli, machine  # noqa: E402
 IMAGES = {1: 200, 32: 2048, 256: 4096}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=os.path.join("models", "reference.keras"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--layer-k", type=int, default=4, choices=range(1, 9))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cli.load_backend()
     import numpy as np
 
@@ -42,6 +42,9 @@ def main():
     from common.inference import fold_batchnorm
     print(f"machine: {machine.label(machine.identity())}, {os.cpu_count()} threads")
     original = models.load_classifier(args.model)
+    if not tucker.decomposable_convs(original):
+        raise ValueError(f"{args.model}: no conv to decompose (Tucker-2 replaces a Conv2D "
+                         "with a kernel larger than 1x1, not the first)")
     candidates = {"original": original}
     flops = {"original": measure.count_flops(original)}
     for k in range(1, 9):
@@ -98,4 +101,4 @@ def print_layer_ratios(original, k, repeats, batch=256, count=2048):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli.run_main(main))
