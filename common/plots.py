@@ -107,7 +107,9 @@ def settings_line(run):
         parts.append(f"validation {settings['validation']}")
     recipe = settings.get("fine_tune")
     if recipe:
-        parts.append(f"fine-tuned {recipe['epochs']} epochs ({recipe['precision']})")
+        peak = recipe.get("peak_learning_rate")
+        at = f" at peak learning rate {peak:g}" if peak else ""
+        parts.append(f"fine-tuned {recipe['epochs']} epochs{at} ({recipe['precision']})")
     parts.append(f"seed {settings.get('seed', 0)}")
     return "; ".join(parts)
 

@@ -243,3 +243,12 @@ def test_each_machine_gets_its_own_table_and_figure():
     assert report.figure_path("f/pub.png", "Intel Xeon, AMX", True) == "f/pub.png"
     assert report.figure_path("f/pub.png", "Intel Xeon, AMX", False) == \
         "f/pub-intel-xeon-amx.png"
+
+
+def test_a_figure_footnote_names_the_fine_tuning_recipe():
+    from common.plots import settings_line
+    recipe = {"epochs": 10, "precision": "float32"}
+    run = {"settings": {"seed": 2, "fine_tune": dict(recipe, peak_learning_rate=0.8)}}
+    assert "fine-tuned 10 epochs at peak learning rate 0.8 (float32)" in settings_line(run)
+    older = {"settings": {"fine_tune": recipe}}  # rows stored before the rate was a setting
+    assert "fine-tuned 10 epochs (float32)" in settings_line(older)
