@@ -246,8 +246,9 @@ def resnet56_rows(part2s, scratch=None, part2=None, part3=None, part5=None, part
         recipes; each of their models that keeps the same filters as one of
         part2s's is a row with that model's time (the same architecture),
         without bytes (not deployed)
-    scratch : file name of a pruned model -> test accuracy of its architecture
-        trained from scratch (Scratch-B)
+    scratch : file name of a pruned model -> the record (models/scratch-*.json,
+        its "test_accuracy" used) of its architecture trained from scratch
+        (Scratch-B)
     Returns (base test accuracy, rows, machine label of the timings or None).
     Each row (the base itself first, where Part 4 deployed it): family
     (common/methods.py, or "scratch"), method, test
@@ -290,7 +291,7 @@ def resnet56_rows(part2s, scratch=None, part2=None, part3=None, part5=None, part
         if from_scratch is not None:
             rows.append({**row, "family": "scratch",
                          "method": "the same architecture from scratch (Scratch-B)",
-                         "accuracy": from_scratch})
+                         "accuracy": from_scratch["test_accuracy"]})
         for other, words in retrained:
             if "filters" in r and other.get("filters") == r["filters"]:
                 rows.append({**{k: v for k, v in row.items() if k != "bytes"},
@@ -346,30 +347,34 @@ def seeds_table(part2s_runs, reduction, bases=None, scratch=None):
     bases : dict seed -> the base's test accuracy (Part 1); it counts for a
         seed whose Part 2 structured run is not there or has not yet measured
         its base, whose row is then a dash
-    scratch : dict seed -> file name of a pruned model -> test accuracy of
-        its architecture trained from scratch; given, the table is Scratch-B's
-        over seeds: each seed's row at `reduction` names the architecture
+    scratch : dict seed -> file name of a pruned model -> the record of its
+        architecture trained from scratch (models/scratch-*.json); given, the
+        table is Scratch-B's over seeds: each seed's row at `reduction` names
+        the architecture
 
-    Where the seeds were fine-tuned in different precisions (machines with
-    and without bfloat16), each seed's row names its own.
+    Where the seeds were fine-tuned (or, for Scratch-B, trained) in different
+    precisions (machines with and without bfloat16), each seed's row names
+    its own.
     """
-    precisions = {seed: (run["settings"].get("fine_tune") or {}).get("precision")
-                  for seed, run in part2s_runs.items()}
-    if len(set(precisions.values())) < 2 or scratch is not None:
-        precisions = {}
     seeds = {seed: (base, None) for seed, base in (bases or {}).items()}
+    precisions = {}
     for seed, run in part2s_runs.items():
         row = next((r for r in run.get("finetuned", []) if r["flops_reduction"] == reduction
                     and r.get("test_accuracy") is not None), None)
         base = run.get("original", {}).get("test_accuracy")
         value = row and row["test_accuracy"]
+        precisions[seed] = (run["settings"].get("fine_tune") or {}).get("precision")
         if row and scratch is not None:                    # its architecture from scratch
-            value = scratch.get(seed, {}).get(os.path.basename(row.get("model", "")))
+            record = scratch.get(seed, {}).get(os.path.basename(row.get("model", "")))
+            value = record and record["test_accuracy"]
+            precisions[seed] = record and record.get("config", {}).get("precision")
         if base is not None:
             seeds[seed] = (base, value)
+    named = {precisions[seed] for seed, (_, value) in seeds.items() if value is not None}
+    verb = "fine-tuned" if scratch is None else "trained"
     column = "filters removed" if scratch is None else "the same architecture from scratch"
     out = [f"| seed | base | {column} | Δ |", "|---|---|---|---|"]
-    out += [f"| {seed}{f' (fine-tuned in {precisions[seed]})' if seed in precisions else ''} "
+    out += [f"| {seed}{f' ({verb} in {precisions[seed]})' if len(named) > 1 and pruned else ''} "
             f"| {_pct(base)} | {_pct(pruned)} | {_points(pruned, base)} |"
             for seed, (base, pruned) in sorted(seeds.items())]
     pairs = np.array([pair for pair in seeds.values() if pair[1] is not None]).reshape(-1, 2)
@@ -606,10 +611,11 @@ def resnet56_sections(output_dir, figure=None):
 
 
 def _scratch(output_dir):
-    """File name of a pruned model -> test accuracy of its architecture
-    trained from scratch (Part 1 --architecture) in `output_dir`."""
-    return {os.path.basename(info.get("config", {}).get("architecture", "")):
-            info["test_accuracy"] for info in map(read_json, glob.glob(os.path.join(
+    """File name of a pruned model -> the record (models/scratch-*.json) of
+    its architecture trained from scratch (Part 1 --architecture) in
+    `output_dir`."""
+    return {os.path.basename(info.get("config", {}).get("architecture", "")): info
+            for info in map(read_json, glob.glob(os.path.join(
                 output_dir, "models", "scratch-*.json")))}
 
 

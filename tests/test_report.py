@@ -64,7 +64,7 @@ def deployed(name, precision, ratio, size, sparse=False):
 
 def test_the_published_table_sets_our_rows_beside_theirs_by_hand():
     base, rows, timed = report.resnet56_rows(structured_run(0, 0.8800, 0.8790),
-                                             {"structured_53.1.keras": 0.8750})
+                                             {"structured_53.1.keras": {"test_accuracy": 0.8750}})
     table = report.published_table(base, rows, timed)
     assert "| DepGraph (group_sl) (published) | 93.53% | 93.77% | +0.24 | 2.13× |" in table
     assert ("| ours: filters removed (l1, global, 10 epochs of fine-tuning) | 88.00% | 87.90% "
@@ -169,12 +169,14 @@ def test_the_spread_over_seeds_by_hand(tmp_path, capsys):
                 {k: v for k, v in run.items() if k != "settings"}))
     # Scratch-B of seeds 0 and 2's architectures (each seed's own 10-epoch row's
     # model); seed 1's folder holds one of another architecture
-    for folder, name, accuracy in (("", "structured_53.1", 0.884), ("seed2", "structured_53.1", 0.877),
-                                   ("seed1", "structured_61.1", 0.9)):
+    # (seeds 0 and 2 trained in different precisions)
+    for folder, name, accuracy, precision in (
+            ("", "structured_53.1", 0.884, "mixed_bfloat16"),
+            ("seed2", "structured_53.1", 0.877, "float32"), ("seed1", "structured_61.1", 0.9, "float32")):
         os.makedirs(tmp_path / folder / "models", exist_ok=True)
         write_json(str(tmp_path / folder / "models" / f"scratch-{name}.json"),
-                   {"config": {"architecture": f"resnet56/models/{name}.keras"},
-                    "test_accuracy": accuracy})
+                   {"config": {"architecture": f"resnet56/models/{name}.keras",
+                               "precision": precision}, "test_accuracy": accuracy})
     figure = tmp_path / "published.png"
     assert report.main(["--output-dir", str(tmp_path), "--figure", str(figure)]) == 0
     out = capsys.readouterr().out
@@ -186,9 +188,9 @@ def test_the_spread_over_seeds_by_hand(tmp_path, capsys):
     assert out.count("Over seeds") == 4
     first, scratch_table, longer_table, faster_table = out.split("Over seeds")[1:]
     # Scratch-B against each seed's base: +0.40 and +0.10
-    assert "| 0 | 88.00% | 88.40% | +0.40 |" in scratch_table
+    assert "| 0 (trained in mixed_bfloat16) | 88.00% | 88.40% | +0.40 |" in scratch_table
     assert "| 1 | 88.40% | — | — |" in scratch_table
-    assert "| 2 | 87.60% | 87.70% | +0.10 |" in scratch_table
+    assert "| 2 (trained in float32) | 87.60% | 87.70% | +0.10 |" in scratch_table
     assert "| mean ± sd | 88.20 ± 0.52% (n = 4) | 88.05 ± 0.49% (n = 2) | +0.25 ± 0.21 (n = 2) |" \
         in scratch_table
     assert "10 epochs of fine-tuning\n" in first and "| 0 | 88.00% | 87.80% |" in first
