@@ -370,7 +370,8 @@ def seeds_table(part2s_runs, reduction, bases=None, scratch=None):
             precisions[seed] = record and record.get("config", {}).get("precision")
         if base is not None:
             seeds[seed] = (base, value)
-    named = {precisions[seed] for seed, (_, value) in seeds.items() if value is not None}
+    named = {precisions[seed] for seed, (_, value) in seeds.items()
+             if value is not None and precisions[seed]}
     verb = "fine-tuned" if scratch is None else "trained"
     column = "filters removed" if scratch is None else "the same architecture from scratch"
     out = [f"| seed | base | {column} | Δ |", "|---|---|---|---|"]
