@@ -375,7 +375,7 @@ def seeds_table(part2s_runs, reduction, bases=None, scratch=None):
     verb = "fine-tuned" if scratch is None else "trained"
     column = "filters removed" if scratch is None else "the same architecture from scratch"
     out = [f"| seed | base | {column} | Δ |", "|---|---|---|---|"]
-    out += [f"| {seed}{f' ({verb} in {precisions[seed]})' if len(named) > 1 and pruned else ''} "
+    out += [f"| {seed}{f' ({verb} in {precisions[seed]})' if len(named) > 1 and precisions.get(seed) and pruned is not None else ''} "
             f"| {_pct(base)} | {_pct(pruned)} | {_points(pruned, base)} |"
             for seed, (base, pruned) in sorted(seeds.items())]
     pairs = np.array([pair for pair in seeds.values() if pair[1] is not None]).reshape(-1, 2)
