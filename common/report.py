@@ -370,12 +370,14 @@ def seeds_table(part2s_runs, reduction, bases=None, scratch=None):
             precisions[seed] = record and record.get("config", {}).get("precision")
         if base is not None:
             seeds[seed] = (base, value)
-    named = {precisions[seed] for seed, (_, value) in seeds.items()
-             if value is not None and precisions[seed]}
+    named = {seed: precisions[seed] for seed, (_, value) in seeds.items()
+             if value is not None and precisions[seed]}           # rows that have one
+    if len(set(named.values())) < 2:
+        named = {}
     verb = "fine-tuned" if scratch is None else "trained"
     column = "filters removed" if scratch is None else "the same architecture from scratch"
     out = [f"| seed | base | {column} | Δ |", "|---|---|---|---|"]
-    out += [f"| {seed}{f' ({verb} in {precisions[seed]})' if len(named) > 1 and precisions.get(seed) and pruned is not None else ''} "
+    out += [f"| {seed}{f' ({verb} in {named[seed]})' if seed in named else ''} "
             f"| {_pct(base)} | {_pct(pruned)} | {_points(pruned, base)} |"
             for seed, (base, pruned) in sorted(seeds.items())]
     pairs = np.array([pair for pair in seeds.values() if pair[1] is not None]).reshape(-1, 2)
