@@ -172,7 +172,8 @@ def test_the_spread_over_seeds_by_hand(tmp_path, capsys):
     # (seeds 0 and 2 trained in different precisions)
     for folder, name, accuracy, precision in (
             ("", "structured_53.1", 0.884, "mixed_bfloat16"),
-            ("seed2", "structured_53.1", 0.877, "float32"), ("seed1", "structured_61.1", 0.9, "float32")):
+            ("seed2", "structured_53.1", 0.877, "float32"),
+            ("seed1", "structured_61.1", 0.9, "float32")):
         os.makedirs(tmp_path / folder / "models", exist_ok=True)
         write_json(str(tmp_path / folder / "models" / f"scratch-{name}.json"),
                    {"config": {"architecture": f"resnet56/models/{name}.keras",
