@@ -169,7 +169,7 @@ class Search:
                                                            splits.train[0][:run.settings[
                                                                "importance_images"]])
         self.calibration = self._calibration_images()
-        self._reference_float32 = None
+        self._reference_flatbuffers = {}
 
     def _calibration_images(self):
         import numpy as np
@@ -188,13 +188,14 @@ class Search:
                                       for m in models])
 
     def flatbuffer(self, model, precision=None):
-        return self.flatbuffers([model], precision)[0]
-
-    def reference_float32(self):
-        """The float32 reference in LiteRT: every latency's baseline (made once)."""
-        if self._reference_float32 is None:
-            self._reference_float32 = self.flatbuffer(self.reference, "float32")
-        return self._reference_float32
+        """One model in LiteRT; the reference converted once per precision (the
+        baseline of every latency, a calibration point and the report's rows)."""
+        if model is not self.reference:
+            return self.flatbuffers([model], precision)[0]
+        precision = precision or self.run.find()["precision"]["chosen"]
+        if precision not in self._reference_flatbuffers:
+            self._reference_flatbuffers[precision] = self.flatbuffers([model], precision)[0]
+        return self._reference_flatbuffers[precision]
 
     def build(self, configuration):
         """The reference under a configuration, batch norm re-estimated (the
@@ -402,8 +403,8 @@ def measure_candidate(s, budget, configuration):
                            seed=s.run.settings["seed"], **{
                                k: v for k, v in s.run.settings["fine_tune"].items()
                                if k != "epochs"})
-    flatbuffer = s.flatbuffer(model)
-    latency = deploy.latency({"reference": s.reference_float32(), "candidate": flatbuffer},
+    flatbuffer, reference = s.flatbuffer(model), s.flatbuffer(s.reference, "float32")
+    latency = deploy.latency({"reference": reference, "candidate": flatbuffer},
                              s.splits.validation[0][:s.run.settings["screen_timing_images"]],
                              "reference", (1,), s.run.settings["timing"]["repeats"],
                              s.run.settings["seed"],

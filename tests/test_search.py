@@ -197,6 +197,13 @@ def test_tiny_end_to_end_search(tiny_cifar, tiny_model_file, tmp_path, sealed_te
         return {(name, t): [1e-9 * len(fb)] * repeats for name, fb in flatbuffers.items()
                 for t in threads}
     monkeypatch.setattr(deploy, "time_per_image", bytes_as_seconds)
+    converted, convert = [], deploy.to_flatbuffers
+
+    def recorded(jobs):
+        flatbuffers = convert(jobs)
+        converted.extend(flatbuffers)
+        return flatbuffers
+    monkeypatch.setattr(deploy, "to_flatbuffers", recorded)
     argv = ["--data-dir", tiny_cifar[0], "--output-dir", str(tmp_path), "--model",
             tiny_model_file, "--quick", "--latency-budget", "0.9", "--batch-size", "30",
             "--precision", "float32"]
@@ -216,6 +223,7 @@ def test_tiny_end_to_end_search(tiny_cifar, tiny_model_file, tmp_path, sealed_te
         assert (tmp_path / "figures" / f"part5_budget_{name}.png").exists()
 
     assert result["calibration"]["r2"] > 0.9          # bytes add up, as latency should
+    assert len(set(converted)) == len(converted)       # the reference converted once a precision
 
     # The same machine: the blocks' timings are reused, nothing is timed again ...
     capsys.readouterr()
