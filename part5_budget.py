@@ -417,7 +417,8 @@ def measure_candidate(s, budget, configuration):
                                            s.splits.validation[1])}
     s.run.upsert("candidates", "key", row)
     print(f"  budget {budget:g}: {shown(row['configuration'])}: "
-          f"predicted x{row['predicted_ratio']:.3f}, measured x{row['ratio']:.3f}, validation {row['validation_accuracy']:.4f}")
+          f"predicted x{row['predicted_ratio']:.3f}, measured x{row['ratio']:.3f}, "
+          f"validation {row['validation_accuracy']:.4f}")
     return row
 
 
