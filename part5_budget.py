@@ -21,7 +21,7 @@ report.
     python part5_budget.py --latency-budget 0.1      # 10x faster than float32 (~30 min)
     python part5_budget.py                           # the front, budgets 0.5 ... 0.05 (~1.5 h)
     python part5_budget.py --latency-budget-ms 0.2   # a budget in ms per image
-    python part5_budget.py --quick                   # a newcomer's try (5 min AMD EPYC, 11-17 min Xeon)
+    python part5_budget.py --quick                   # a newcomer's try: budget 0.2 (~23 min AVX2 EPYC)
     python part5_budget.py --model M --keeps 1 0.75 0.5 --ranks none 0.5   # a smaller grid
     python part5_budget.py --plot-only               # redraw the figures
 
@@ -81,7 +81,9 @@ CONFIG = {
     "timing": {"images": 300, "repeats": 7, "threads": 1},
     "calibration_images": 300,          # int8's activation ranges, as Part 4
 }
-QUICK = {"keeps": [1.0, 0.5], "ranks": [None, 0.5], "budgets": [0.1],
+# --quick: a grid of 2 x 2 and one budget that it reaches on every CPU, int8
+# faster or not (its smallest model, predicted on an AVX2-only CPU: >= 0.14).
+QUICK = {"keeps": [1.0, 0.5], "ranks": [None, 0.5], "budgets": [0.2],
          "train_limit": 10_000, "fine_tune_epochs": 1}
 RESULTS_FILE = "part5_budget.json"
 SUMMARY = {"median": NUMBER, "min": NUMBER, "max": NUMBER}
@@ -125,8 +127,8 @@ def parse_args(argv=None):
                                           "or none (default: none 0.75 0.5 0.25)")
     parser.add_argument("--quick", action="store_true",
                         help="a small search: keeps 1 and 0.5, ranks none and 0.5, budget "
-                             "0.1, 10,000 training images, 1 epoch (on a fresh clone, 2 cores: 4.6 min "
-                             "on an AMD EPYC, 11-17 min on an Intel Xeon with AMX)")
+                             "0.2, 10,000 training images, 1 epoch (2 cores: ~23 min on an "
+                             "AVX2-only AMD EPYC; docs/part5.md)")
     args = parser.parse_args(argv)
     if args.latency_budget and args.latency_budget_ms:
         parser.error("--latency-budget and --latency-budget-ms: give one of them")

@@ -109,7 +109,8 @@ def settings_line(run):
     if recipe:
         peak = recipe.get("peak_learning_rate")
         at = f" at peak learning rate {peak:g}" if peak else ""
-        parts.append(f"fine-tuned {recipe['epochs']} epochs{at} ({recipe['precision']})")
+        epochs = f"{recipe['epochs']} epoch" + ("s" if recipe["epochs"] != 1 else "")
+        parts.append(f"fine-tuned {epochs}{at} ({recipe['precision']})")
     parts.append(f"seed {settings.get('seed', 0)}")
     return "; ".join(parts)
 

@@ -255,3 +255,5 @@ def test_a_figure_footnote_names_the_fine_tuning_recipe():
     assert "fine-tuned 10 epochs at peak learning rate 0.8 (float32)" in settings_line(run)
     older = {"settings": {"fine_tune": recipe}}  # rows stored before the rate was a setting
     assert "fine-tuned 10 epochs (float32)" in settings_line(older)
+    quick = {"settings": {"fine_tune": dict(recipe, epochs=1)}}
+    assert "fine-tuned 1 epoch (float32)" in settings_line(quick)
