@@ -21,7 +21,7 @@ report.
     python part5_budget.py --latency-budget 0.1      # 10x faster than float32 (~30 min)
     python part5_budget.py                           # the front, budgets 0.5 ... 0.05 (~1.5 h)
     python part5_budget.py --latency-budget-ms 0.2   # a budget in ms per image
-    python part5_budget.py --quick                   # a newcomer's try: budget 0.2 (~23 min AVX2 EPYC)
+    python part5_budget.py --quick                   # a newcomer's try: budget 0.2 (~28 min AVX2 EPYC)
     python part5_budget.py --model M --keeps 1 0.75 0.5 --ranks none 0.5   # a smaller grid
     python part5_budget.py --plot-only               # redraw the figures
 
@@ -127,7 +127,7 @@ def parse_args(argv=None):
                                           "or none (default: none 0.75 0.5 0.25)")
     parser.add_argument("--quick", action="store_true",
                         help="a small search: keeps 1 and 0.5, ranks none and 0.5, budget "
-                             "0.2, 10,000 training images, 1 epoch (2 cores: ~23 min on an "
+                             "0.2, 10,000 training images, 1 epoch (2 cores: 23-28 min on an "
                              "AVX2-only AMD EPYC; docs/part5.md)")
     args = parser.parse_args(argv)
     if args.latency_budget and args.latency_budget_ms:
